@@ -1,0 +1,114 @@
+"""`headwater.toml`: where the warehouse lives, the metadata database and defaults."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ._units import parse_duration, parse_size
+from .errors import ConfigError
+
+CONFIG_FILE = "headwater.toml"
+SchemaPolicy = Literal["evolve", "freeze", "discard-columns"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProjectSection(_Section):
+    name: str = "headwater"
+
+
+class WarehouseSection(_Section):
+    # A local directory (relative to the project) or an object-store URI (s3://...).
+    path: str = "warehouse"
+    # Names of environment variables holding storage options (keys, tokens); the
+    # values themselves never live in the file.
+    storage_options_env: dict[str, str] = Field(default_factory=dict)
+
+
+class MetadataSection(_Section):
+    url: str = "sqlite:///.headwater/metadata.db"
+
+
+class DefaultsSection(_Section):
+    schema_policy: SchemaPolicy = "evolve"
+    target_file_size: int = parse_size("128MB")
+    compression: Literal["zstd", "snappy", "gzip", "lz4", "none"] = "zstd"
+    commit_retries: int = Field(default=5, ge=0, le=100)
+    chunk_rows: int = Field(default=500_000, ge=1)
+
+    @field_validator("target_file_size", mode="before")
+    @classmethod
+    def _size(cls, value: object) -> int:
+        return parse_size(value if isinstance(value, int | str) else str(value), "target_file_size")
+
+
+class MaintenanceSection(_Section):
+    vacuum_retention_hours: float = 7 * 24
+    compact_target_size: int = parse_size("128MB")
+    checkpoint_interval: int = Field(default=100, ge=1)
+
+    @field_validator("vacuum_retention_hours", mode="before")
+    @classmethod
+    def _hours(cls, value: object) -> float:
+        if isinstance(value, str):
+            return parse_duration(value, "vacuum_retention_hours").total_seconds() / 3600
+        return float(value)  # type: ignore[arg-type]
+
+    @field_validator("compact_target_size", mode="before")
+    @classmethod
+    def _size(cls, value: object) -> int:
+        return parse_size(
+            value if isinstance(value, int | str) else str(value), "compact_target_size"
+        )
+
+
+class ProjectConfig(_Section):
+    project: ProjectSection = ProjectSection()
+    warehouse: WarehouseSection = WarehouseSection()
+    metadata: MetadataSection = MetadataSection()
+    defaults: DefaultsSection = DefaultsSection()
+    maintenance: MaintenanceSection = MaintenanceSection()
+
+    def warehouse_uri(self, root: Path) -> str:
+        path = self.warehouse.path
+        if "://" in path:
+            return path.rstrip("/")
+        return str((root / path).resolve())
+
+    def storage_options(self) -> dict[str, str]:
+        options: dict[str, str] = {}
+        for key, env_name in self.warehouse.storage_options_env.items():
+            value = os.environ.get(env_name)
+            if value is None:
+                raise ConfigError(
+                    f"warehouse storage option {key!r} needs environment variable {env_name}",
+                    f"export {env_name}=... before running",
+                )
+            options[key] = value
+        return options
+
+
+def load_config(root: Path) -> ProjectConfig:
+    """Read `headwater.toml` in `root`; a missing file means all defaults."""
+    path = root / CONFIG_FILE
+    if not path.exists():
+        return ProjectConfig()
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not valid TOML: {exc}", "fix the syntax at the position shown"
+        ) from exc
+    try:
+        return ProjectConfig.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{path}: [{where}] {first['msg']}", "see docs/configuration.md") from exc

@@ -1,0 +1,38 @@
+"""The run context a transform receives as `ctx`."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+
+if TYPE_CHECKING:
+    from ..project import Project
+
+
+@dataclass
+class RunContext:
+    """One run of one table: its id, its timestamp (constant for the run) and SQL."""
+
+    table: str
+    run_id: str
+    run_ts: datetime
+    full_refresh: bool
+    con: duckdb.DuckDBPyConnection
+    project: Project | None = None
+    inputs: dict[str, duckdb.DuckDBPyRelation] = field(default_factory=dict)
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("headwater.run"))
+
+    def sql(self, query: str, params: list[Any] | None = None) -> duckdb.DuckDBPyRelation:
+        """Run DuckDB SQL in which the inputs are visible by their names."""
+        return self.con.sql(query, params=params)
+
+    def read(self, name: str) -> duckdb.DuckDBPyRelation:
+        """The current snapshot of any table of the project (for lookups)."""
+        if self.project is None:
+            raise LookupError("no project attached to this run")
+        dataset = self.project.target(name).table.to_pyarrow_dataset()
+        return self.con.from_arrow(dataset)

@@ -1,0 +1,548 @@
+"""Running a table: the commit protocol end to end.
+
+    read the committed batch and positions from the table
+      -> pull the increment after them            (failpoint after_read)
+      -> transform, fit the schema, stage files   (failpoint after_stage)
+      -> commit files + batch + positions at once (failpoint after_commit)
+      -> acknowledge the source
+
+A crash anywhere before the commit leaves only unreferenced files and the old
+position, so the next run pulls the same increment again; a crash after it
+finds the new position in the table, so nothing is applied twice. A concurrent
+writer that commits first makes this attempt start again from the new state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.dataset as ds
+from deltalake import write_deltalake
+
+from ..declare import TableSpec
+from ..errors import CommitConflict, ConfigError, HeadwaterError
+from ..project import Project
+from ..sources.base import Increment, ReadContext
+from ..tables.delta import DeltaTarget
+from ..tables.delta_types import conform_batch, to_delta_schema
+from ..tables.schema_policy import SchemaPlan, plan_schema
+from ..tables.strategies import StagedWrite, WriteContext, WriteStrategy, get_strategy
+from ..transform.graph import downstream_of, reads_changes
+from .commit import CommitRequest, ConflictRetry, carry_forward, commit
+from .context import RunContext
+from .failpoints import failpoint
+from .position import CommittedState, find_commit_version, read_committed_state
+
+log = logging.getLogger("headwater.run")
+READ_BATCH = 1 << 17
+Progress = Callable[[str, str], None]
+
+
+@dataclass
+class TableRun:
+    """The outcome of running one table."""
+
+    table: str
+    run_id: str
+    status: str = "up-to-date"  # committed | up-to-date | failed | upstream-failed
+    commits: int = 0
+    version: int | None = None
+    metrics: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+    error: str | None = None
+    hint: str | None = None
+    exception: BaseException | None = None
+
+
+def new_run_id(now: datetime) -> str:
+    return now.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+
+
+class Runner:
+    """Runs tables of a project in dependency order."""
+
+    def __init__(
+        self,
+        project: Project,
+        *,
+        full_refresh: bool = False,
+        run_ts: datetime | None = None,
+        progress: Progress | None = None,
+        threads: int | None = None,
+    ) -> None:
+        self.project = project
+        self.full_refresh = full_refresh
+        self.run_ts = (run_ts or datetime.now(UTC)).astimezone(UTC)
+        self.run_id = new_run_id(self.run_ts)
+        self.progress = progress or (lambda table, message: None)
+        self.threads = threads or max(1, os.cpu_count() or 1)
+        self.defaults = project.config.defaults
+
+    # -- many tables ----------------------------------------------------------
+    def run(self, names: Iterable[str] | None = None) -> list[TableRun]:
+        order = self.project.order(list(names) if names else None)
+        failed: set[str] = set()
+        results = []
+        for name in order:
+            spec = self.project.spec(name)
+            blocked = [u for u in spec.upstream_tables() if u in failed]
+            if blocked:
+                results.append(
+                    TableRun(
+                        name,
+                        self.run_id,
+                        "upstream-failed",
+                        error=f"upstream {', '.join(blocked)} failed",
+                    )
+                )
+                failed.add(name)
+                continue
+            result = self.run_table(name)
+            results.append(result)
+            if result.status == "failed":
+                failed.add(name)
+                failed.update(downstream_of(self.project.tables, name))
+        return results
+
+    # -- one table ------------------------------------------------------------
+    def run_table(self, name: str) -> TableRun:
+        spec = self.project.spec(name)
+        run = TableRun(name, self.run_id)
+        started = time.monotonic()
+        attempts = 0
+        try:
+            if self.full_refresh and not spec.allow_full_refresh:
+                raise ConfigError(
+                    f"table {name} refuses --full-refresh ({spec.strategy} history would be lost)",
+                    "declare allow_full_refresh=True if rebuilding it from its inputs is really intended",
+                )
+            while True:
+                try:
+                    self._attempt(spec, run)
+                    break
+                except ConflictRetry as conflict:
+                    attempts += 1
+                    if attempts > self.defaults.commit_retries:
+                        raise CommitConflict(
+                            f"table {name}: gave up after {attempts} commit conflicts with concurrent writers",
+                            "another process keeps writing this table; run it from one scheduler",
+                        ) from conflict
+                    delay = min(5.0, 0.05 * 2**attempts) * random.random()
+                    self.progress(name, f"concurrent commit won; retrying ({attempts})")
+                    time.sleep(delay)
+        except HeadwaterError as exc:
+            run.status, run.error, run.hint, run.exception = "failed", exc.message, exc.hint, exc
+        except Exception as exc:
+            run.status, run.error, run.exception = (
+                "failed",
+                f"table {name}: {type(exc).__name__}: {exc}",
+                exc,
+            )
+        run.seconds = time.monotonic() - started
+        if run.status != "failed":
+            run.status = "committed" if run.commits else "up-to-date"
+        return run
+
+    def _attempt(self, spec: TableSpec, run: TableRun) -> None:
+        target = self.project.target(spec.name).refresh()
+        state = read_committed_state(target, spec.app_id)
+        # A full refresh applies to this run's first commit; a retry after it continues incrementally.
+        full_refresh = self.full_refresh and run.commits == 0
+        positions: dict[str, Any] = {} if full_refresh else dict(state.positions)
+        read_ctx = ReadContext(
+            spec.name,
+            self.project.root,
+            self.run_ts,
+            self.defaults.chunk_rows,
+            full_refresh,
+            resolve=self.project.target,
+        )
+        strategy = get_strategy(spec.strategy)
+        source = spec.source
+        self.progress(spec.name, "reading")
+        if source is not None:
+            chunks = source.read(positions.get("source"), read_ctx)
+            if strategy.whole_run:
+                self._write_whole_run(
+                    spec, target, strategy, chunks, state, positions, run, full_refresh
+                )
+                return
+            batch = state.batch
+            for increment in chunks:
+                failpoint("after_read")
+                new_positions = {**positions, "source": increment.position}
+                committed = self._write(
+                    spec,
+                    target,
+                    strategy,
+                    {"source": increment},
+                    state,
+                    positions,
+                    new_positions,
+                    batch + 1,
+                    run,
+                    full_refresh,
+                )
+                if committed:
+                    batch += 1
+                    positions = new_positions
+                    full_refresh = False
+                    source.acknowledge(increment.position)
+            return
+        increments: dict[str, Increment] = {}
+        for alias, upstream in spec.inputs.items():
+            found = next(iter(upstream.read(positions.get(alias), read_ctx)), None)
+            if found is not None:
+                increments[alias] = found
+        if not increments:
+            return
+        failpoint("after_read")
+        missing = [a for a in spec.inputs if a not in increments]
+        for (
+            alias
+        ) in missing:  # an input without news still takes part (as empty changes or its snapshot)
+            increments[alias] = self._unchanged_input(spec, alias, positions)
+        new_positions = {**positions, **{a: i.position for a, i in increments.items()}}
+        self._write(
+            spec,
+            target,
+            strategy,
+            increments,
+            state,
+            positions,
+            new_positions,
+            state.batch + 1,
+            run,
+            full_refresh,
+        )
+
+    # -- writing ----------------------------------------------------------------
+    def _write(
+        self,
+        spec: TableSpec,
+        target: DeltaTarget,
+        strategy: WriteStrategy,
+        increments: dict[str, Increment],
+        state: CommittedState,
+        old_positions: dict[str, Any],
+        new_positions: dict[str, Any],
+        batch: int,
+        run: TableRun,
+        full_refresh: bool,
+    ) -> bool:
+        con = duckdb.connect(config={"threads": self.threads})
+        try:
+            reader = self._transform(spec, con, increments, full_refresh)
+            self.progress(spec.name, "writing")
+            staged, schema, snapshot = self._stage(
+                spec, target, strategy, reader, full_refresh, run
+            )
+        finally:
+            con.close()
+        advances = any(i.advances for i in increments.values()) and new_positions != old_positions
+        if staged.is_empty and snapshot is not None and not full_refresh and not advances:
+            return False
+        failpoint("after_stage")
+        self._commit(
+            spec, target, snapshot, staged, schema, new_positions, batch, run, full_refresh
+        )
+        return True
+
+    def _write_whole_run(
+        self,
+        spec: TableSpec,
+        target: DeltaTarget,
+        strategy: WriteStrategy,
+        increments: Iterator[Increment],
+        state: CommittedState,
+        positions: dict[str, Any],
+        run: TableRun,
+        full_refresh: bool,
+    ) -> None:
+        """Stage every chunk of the run, then publish them in one commit."""
+        total: StagedWrite | None = None
+        first_version: int | None = None
+        schema_commits = 0
+        last: Increment | None = None
+        snapshot = None
+        schema = None
+        for increment in increments:
+            failpoint("after_read")
+            last = increment
+            before = target.refresh().version
+            con = duckdb.connect(config={"threads": self.threads})
+            try:
+                reader = self._transform(spec, con, {"source": increment}, full_refresh)
+                staged, schema, snapshot = self._stage(
+                    spec, target, strategy, reader, full_refresh, run
+                )
+            finally:
+                con.close()
+            after = None if snapshot is None else snapshot.version()
+            if first_version is None:
+                first_version = before
+            elif before is not None and after is not None:
+                schema_commits += after - before
+            if total is None:
+                total = staged
+            else:
+                seen = {r.path for r in total.removes}
+                total.adds += staged.adds
+                total.change_files += staged.change_files
+                total.removes += [r for r in staged.removes if r.path not in seen]
+                total.metrics.update(staged.metrics)
+        if total is None or last is None or schema is None:
+            return
+        current = None if snapshot is None else snapshot.version()
+        if (
+            first_version is not None
+            and current is not None
+            and current - first_version != schema_commits
+        ):
+            target.delete_files(total.written_paths())
+            raise ConflictRetry("the table changed while the run was staged")
+        failpoint("after_stage")
+        new_positions = {**positions, "source": last.position}
+        self._commit(
+            spec, target, snapshot, total, schema, new_positions, state.batch + 1, run, full_refresh
+        )
+        assert spec.source is not None
+        spec.source.acknowledge(last.position)
+
+    def _commit(
+        self,
+        spec: TableSpec,
+        target: DeltaTarget,
+        snapshot: Any,
+        staged: StagedWrite,
+        schema: pa.Schema,
+        positions: dict[str, Any],
+        batch: int,
+        run: TableRun,
+        full_refresh: bool,
+    ) -> None:
+        request = CommitRequest(
+            app=spec.app_id,
+            batch=batch,
+            run_id=self.run_id,
+            run_ts=self.run_ts.isoformat(),
+            table=spec.name,
+            positions=positions,
+            strategy=spec.strategy,
+            schema=schema,
+            partition_by=spec.options.partition_by,
+            description=spec.description,
+            full_refresh=full_refresh,
+        )
+        try:
+            commit(target, snapshot, staged, request)
+        except ConflictRetry:
+            target.delete_files(staged.written_paths())  # nobody references them
+            raise
+        failpoint("after_commit")
+        run.commits += 1
+        run.metrics.update(staged.metrics)
+        run.version = find_commit_version(target, spec.app_id, batch, self.run_id)
+        self.progress(spec.name, f"committed version {run.version}")
+
+    # -- transform ----------------------------------------------------------------
+    def _transform(
+        self,
+        spec: TableSpec,
+        con: duckdb.DuckDBPyConnection,
+        increments: dict[str, Increment],
+        full_refresh: bool,
+    ) -> pa.RecordBatchReader:
+        if spec.transform is None:
+            if len(increments) != 1:
+                raise ConfigError(
+                    f"{spec.defined_at}: table {spec.name} has several inputs but no function to combine them"
+                )
+            (only,) = increments.values()
+            return _as_reader(only.data)
+        ctx = RunContext(spec.name, self.run_id, self.run_ts, full_refresh, con, self.project)
+        for alias, increment in increments.items():
+            data = increment.data
+            if isinstance(data, pa.RecordBatchReader):
+                data = data.read_all()  # inputs may be scanned more than once by the function
+            con.register(alias, data)
+            ctx.inputs[alias] = con.table(alias)
+        kwargs: dict[str, Any] = {}
+        data_params = [p for p in spec.parameters if p != "ctx"]
+        for param in spec.parameters:
+            if param == "ctx":
+                kwargs[param] = ctx
+            elif len(increments) == 1 and len(data_params) == 1:
+                kwargs[param] = next(iter(ctx.inputs.values()))
+            else:
+                kwargs[param] = ctx.inputs[param]
+        try:
+            result = spec.transform(**kwargs)
+        except HeadwaterError:
+            raise
+        except duckdb.Error as exc:
+            raise HeadwaterError(
+                f"table {spec.name}: SQL failed in {spec.defined_at}: {str(exc).splitlines()[0]}",
+                "check column and input names in the function",
+            ) from exc
+        if isinstance(result, str):
+            try:
+                result = ctx.sql(result)
+            except duckdb.Error as exc:
+                raise HeadwaterError(
+                    f"table {spec.name}: SQL failed in {spec.defined_at}: {str(exc).splitlines()[0]}",
+                    "check column and input names in the query",
+                ) from exc
+        return _result_reader(result, spec)
+
+    def _unchanged_input(self, spec: TableSpec, alias: str, positions: dict[str, Any]) -> Increment:
+        from ..sources.upstream import Upstream
+        from ..tables.change_feed import change_schema
+
+        upstream = spec.inputs[alias]
+        assert isinstance(upstream, Upstream)
+        table = self.project.target(upstream.table).table
+        if upstream.mode == "snapshot":
+            return Increment(table.to_pyarrow_dataset(), positions.get(alias), advances=False)
+        schema = change_schema(pa.schema(table.schema()))
+        return Increment(schema.empty_table(), positions.get(alias), advances=False)
+
+    # -- staging ----------------------------------------------------------------
+    def _stage(
+        self,
+        spec: TableSpec,
+        target: DeltaTarget,
+        strategy: WriteStrategy,
+        reader: pa.RecordBatchReader,
+        full_refresh: bool,
+        run: TableRun,
+    ) -> tuple[StagedWrite, pa.Schema, Any]:
+        managed = strategy.managed_columns(spec.options, reader.schema)
+        control = strategy.control_columns(spec.options)
+        # Even a full refresh keeps the table's columns: readers may depend on them,
+        # and Delta cannot drop them in a data commit.
+        current = target.schema
+        plan = plan_schema(spec.name, spec.schema_policy, current, reader.schema, managed, control)
+        if current is not None and plan.changes_table:
+            self._evolve(spec, target, plan, run)
+        snapshot = target.load()
+        managed_names = {f.name for f in managed}
+        data_fields = [f for f in plan.table_schema if f.name not in managed_names]
+        control_fields = list(
+            to_delta_schema(pa.schema([f for f in reader.schema if f.name in control]))
+        )
+        conformed_schema = pa.schema(data_fields + control_fields)
+        renames = plan.renames
+
+        def conformed() -> Iterator[pa.RecordBatch]:
+            for batch in reader:
+                if renames:
+                    batch = batch.rename_columns([renames.get(n, n) for n in batch.schema.names])
+                yield conform_batch(batch, conformed_schema, spec.name)  # type: ignore[misc]
+
+        data = pa.RecordBatchReader.from_batches(conformed_schema, conformed())
+        wctx = WriteContext(
+            table=spec.name,
+            target=target,
+            snapshot=snapshot,
+            schema=plan.table_schema,
+            options=spec.options,
+            run_ts=self.run_ts,
+            run_id=self.run_id,
+            target_file_size=spec.target_file_size or self.defaults.target_file_size,
+            compression=spec.compression or self.defaults.compression,
+            full_refresh=full_refresh,
+            record_changes=spec.change_feed
+            if spec.change_feed is not None
+            else reads_changes(self.project.tables, spec.name),
+            threads=self.threads,
+        )
+        try:
+            staged = strategy.stage_with_refresh(wctx, data)
+        finally:
+            wctx.close()
+        return staged, plan.table_schema, snapshot
+
+    def _evolve(
+        self, spec: TableSpec, target: DeltaTarget, plan: SchemaPlan, run: TableRun
+    ) -> None:
+        """Apply a schema change as its own commit before the data commit."""
+        from deltalake import Field
+
+        if plan.widen:
+            self.progress(spec.name, f"widening {', '.join(plan.widen)} (rewrites the table)")
+            table = target.table
+            widened = pa.schema(
+                [
+                    pa.field(f.name, plan.widen.get(f.name, f.type), True)
+                    for f in pa.schema(table.schema())
+                ]
+            )
+            scanner = table.to_pyarrow_dataset().scanner(batch_size=READ_BATCH)
+            rows = (conform_batch(b, widened, spec.name) for b in scanner.to_batches())
+            write_deltalake(
+                target.uri,
+                pa.RecordBatchReader.from_batches(widened, rows),  # type: ignore[arg-type]
+                mode="overwrite",
+                schema_mode="overwrite",
+                partition_by=list(target.partition_by) or None,
+                storage_options=target.storage_options or None,
+                commit_properties=carry_forward(target, spec.app_id, "widen columns"),
+            )
+            target.refresh()
+            run.metrics["columns_widened"] += len(plan.widen)
+        if plan.add_columns:
+            present = {f.name.lower() for f in pa.schema(target.table.schema())}
+            fields = [
+                Field.from_arrow(f) for f in plan.add_columns if f.name.lower() not in present
+            ]
+            if fields:
+                target.table.alter.add_columns(
+                    fields, commit_properties=carry_forward(target, spec.app_id, "add columns")
+                )
+                run.metrics["columns_added"] += len(fields)
+            target.refresh()
+
+
+def _as_reader(data: Any) -> pa.RecordBatchReader:
+    if isinstance(data, pa.RecordBatchReader):
+        return data
+    if isinstance(data, pa.Table):
+        return pa.RecordBatchReader.from_batches(
+            data.schema, data.to_batches(max_chunksize=READ_BATCH)
+        )
+    if isinstance(data, ds.Dataset):
+        return data.scanner(batch_size=READ_BATCH).to_reader()
+    raise TypeError(f"unexpected increment data {type(data).__name__}")
+
+
+def _result_reader(result: Any, spec: TableSpec) -> pa.RecordBatchReader:
+    if isinstance(result, duckdb.DuckDBPyRelation):
+        try:
+            return result.to_arrow_reader(READ_BATCH)
+        except duckdb.Error as exc:
+            raise HeadwaterError(
+                f"table {spec.name}: the function's query failed: {str(exc).splitlines()[0]}",
+                f"see {spec.defined_at}",
+            ) from exc
+    if isinstance(result, pa.Table | pa.RecordBatchReader | ds.Dataset):
+        return _as_reader(result)
+    if isinstance(result, list):
+        return _as_reader(pa.Table.from_pylist(result))
+    if hasattr(result, "__arrow_c_stream__"):
+        return pa.RecordBatchReader.from_stream(result)
+    raise HeadwaterError(
+        f"table {spec.name}: the function returned {type(result).__name__}",
+        "return a DuckDB relation, an Arrow table or reader, a list of dicts, or a SQL string",
+    )

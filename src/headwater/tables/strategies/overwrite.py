@@ -1,0 +1,25 @@
+"""overwrite: replace the whole table with the run's output, atomically."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from .base import StagedWrite, WriteContext, WriteStrategy, remove_action, stored_rows
+
+
+class Overwrite(WriteStrategy):
+    name = "overwrite"
+    summary = "replace the whole table"
+    whole_run = True
+
+    def stage(self, ctx: WriteContext, data: pa.RecordBatchReader) -> StagedWrite:
+        staged = StagedWrite("WRITE")
+        writer = ctx.new_writer()
+        for batch in stored_rows(ctx, data):
+            writer.write(batch)
+            staged.metrics["inserted"] += batch.num_rows
+        staged.metrics["rows_in"] += staged.metrics["inserted"]
+        staged.adds = writer.close()
+        staged.removes = [remove_action(r) for r in ctx.live_files().to_pylist()]
+        staged.metrics["deleted_files"] += len(staged.removes)
+        return staged
