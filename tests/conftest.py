@@ -47,7 +47,13 @@ def write_pipeline(project: Path, name: str, code: str) -> Path:
     return path
 
 
-def run_cli(project: Path, *args: str, env: dict[str, str] | None = None, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    project: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+    timeout: int = 300,
+) -> subprocess.CompletedProcess[str]:
     """Run the `headwater` command as a user would, in a separate process."""
     full_env = {**os.environ, **(env or {})}
     result = subprocess.run(
@@ -58,5 +64,7 @@ def run_cli(project: Path, *args: str, env: dict[str, str] | None = None, check:
         timeout=timeout,
     )
     if check and result.returncode != 0:
-        raise AssertionError(f"headwater {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        raise AssertionError(
+            f"headwater {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
     return result

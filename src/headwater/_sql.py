@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 
 def q(name: str) -> str:
@@ -59,7 +60,7 @@ def canonical_hash(columns: Iterable[str], types: dict[str, str], alias: str = "
     return "md5(" + " || '|' || ".join(parts) + ")"
 
 
-def scalar(con: object, sql: str, params: list[object] | None = None) -> object:
+def scalar(con: Any, sql: str, params: list[Any] | None = None) -> Any:
     """The single value of a query (the result is drained, as DuckDB requires)."""
-    rows = con.execute(sql, params or []).fetchall()  # type: ignore[attr-defined]
+    rows = con.execute(sql, params or []).fetchall()
     return rows[0][0] if rows else None

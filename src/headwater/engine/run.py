@@ -172,10 +172,13 @@ class Runner:
         source = spec.source
         self.progress(spec.name, "reading")
         if source is not None:
+            if state.position("source") is not None and not full_refresh:
+                # A crash between a commit and its acknowledgement left it unacknowledged.
+                source.acknowledge(state.position("source"), read_ctx)
             chunks = source.read(positions.get("source"), read_ctx)
             if strategy.whole_run:
                 self._write_whole_run(
-                    spec, target, strategy, chunks, state, positions, run, full_refresh
+                    spec, target, strategy, chunks, state, positions, run, full_refresh, read_ctx
                 )
                 return
             batch = state.batch
@@ -198,7 +201,7 @@ class Runner:
                     batch += 1
                     positions = new_positions
                     full_refresh = False
-                    source.acknowledge(increment.position)
+                    source.acknowledge(increment.position, read_ctx)
             return
         increments: dict[str, Increment] = {}
         for alias, upstream in spec.inputs.items():
@@ -269,6 +272,7 @@ class Runner:
         positions: dict[str, Any],
         run: TableRun,
         full_refresh: bool,
+        read_ctx: ReadContext,
     ) -> None:
         """Stage every chunk of the run, then publish them in one commit."""
         total: StagedWrite | None = None
@@ -318,7 +322,7 @@ class Runner:
             spec, target, snapshot, total, schema, new_positions, state.batch + 1, run, full_refresh
         )
         assert spec.source is not None
-        spec.source.acknowledge(last.position)
+        spec.source.acknowledge(last.position, read_ctx)
 
     def _commit(
         self,
@@ -449,7 +453,7 @@ class Runner:
             for batch in reader:
                 if renames:
                     batch = batch.rename_columns([renames.get(n, n) for n in batch.schema.names])
-                yield conform_batch(batch, conformed_schema, spec.name)  # type: ignore[misc]
+                yield conform_batch(batch, conformed_schema, spec.name)
 
         data = pa.RecordBatchReader.from_batches(conformed_schema, conformed())
         wctx = WriteContext(
@@ -493,7 +497,7 @@ class Runner:
             rows = (conform_batch(b, widened, spec.name) for b in scanner.to_batches())
             write_deltalake(
                 target.uri,
-                pa.RecordBatchReader.from_batches(widened, rows),  # type: ignore[arg-type]
+                pa.RecordBatchReader.from_batches(widened, rows),
                 mode="overwrite",
                 schema_mode="overwrite",
                 partition_by=list(target.partition_by) or None,

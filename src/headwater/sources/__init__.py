@@ -1,12 +1,14 @@
 """Connectors, one module per source. Each yields Arrow data plus a position."""
 
 from .base import Increment, Position, ReadContext, Source
+from .delta import DeltaSource, delta
 from .files import FilesSource, files
 from .memory import MemorySource, memory
 from .sqlite import SqliteSource, sqlite
 from .upstream import Upstream
 
 __all__ = [
+    "DeltaSource",
     "FilesSource",
     "Increment",
     "MemorySource",
@@ -15,6 +17,7 @@ __all__ = [
     "Source",
     "SqliteSource",
     "Upstream",
+    "delta",
     "files",
     "memory",
     "sqlite",

@@ -68,7 +68,7 @@ class Source(ABC):
         committing increment k, reading from its position yields k+1 onwards.
         """
 
-    def acknowledge(self, position: Position) -> None:
+    def acknowledge(self, position: Position, ctx: ReadContext) -> None:  # noqa: B027 - optional hook
         """Called after the commit that holds `position`: the source may release
         what came before it (an optimisation; replay from the committed position
         must always be safe)."""

@@ -33,6 +33,16 @@ _SUFFIXES: dict[str, Format] = {
 }
 
 
+def _glob_base(pattern: str) -> Path:
+    """The fixed leading folders of a glob ('landing/events/*.json' -> 'landing/events')."""
+    parts = []
+    for part in Path(pattern).parts[:-1]:
+        if any(ch in part for ch in "*?["):
+            break
+        parts.append(part)
+    return Path(*parts) if parts else Path(".")
+
+
 def _signature(path: Path) -> str:
     stat = path.stat()
     return f"{stat.st_size}:{stat.st_mtime_ns}"
@@ -130,15 +140,22 @@ class FilesSource(Source):
                 "fix or remove the file; it will be read again on the next run",
             ) from exc
 
-    def acknowledge(self, position: Position) -> None:
+    def acknowledge(self, position: Position, ctx: ReadContext) -> None:
         if not self.archive_to:
             return
+        self._root = ctx.project_root
         archive = Path(self.archive_to)
         archive = archive if archive.is_absolute() else self._root / archive
+        base = _glob_base(self.pattern)
+        base = base if base.is_absolute() else self._root / base
         for key, signature in position.get("files", {}).items():
             path = self._root / key if not Path(key).is_absolute() else Path(key)
             if path.exists() and _signature(path) == signature:
-                destination = archive / key if not Path(key).is_absolute() else archive / path.name
+                # Keep the layout below the glob's fixed folder (dated sub-folders stay apart).
+                try:
+                    destination = archive / path.relative_to(base)
+                except ValueError:
+                    destination = archive / path.name
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(str(path), str(destination))
 

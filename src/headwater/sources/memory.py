@@ -33,7 +33,7 @@ class MemorySource(Source):
         for index in range(start, len(self.batches)):
             yield Increment(self.batches[index], {"next": index + 1})
 
-    def acknowledge(self, position: Position) -> None:
+    def acknowledge(self, position: Position, ctx: ReadContext) -> None:
         self.acknowledged.append(position)
 
 

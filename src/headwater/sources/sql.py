@@ -175,7 +175,8 @@ class SqlSource(Source):
         make_position: Any,
     ) -> Iterator[Increment]:
         while True:
-            conditions, params = [], []
+            conditions: list[str] = []
+            params: list[Any] = []
             if where:
                 conditions.append(where)
             if mark is not None:

@@ -1,8 +1,9 @@
-"""An upstream Delta table as an input: its changes since the version last processed.
+"""A Delta table as an input: its changes since the version last processed.
 
 Position: `{"version": N}`, the upstream version the reading table has consumed.
 The first run (and a full refresh) reads the upstream snapshot; later runs read
-only the commits after N, through the change feed.
+only the commits after N, through the change feed. `Upstream` names a table of
+the project; `DeltaSource` (module `delta`) any Delta table by URI.
 """
 
 from __future__ import annotations
@@ -14,12 +15,47 @@ import pyarrow as pa
 
 from ..errors import HeadwaterError
 from ..tables.change_feed import read_changes
+from ..tables.delta import DeltaTarget
 from .base import Increment, Position, ReadContext, Source
 
 Mode = Literal["changes", "snapshot"]
 
 
+def read_delta_input(
+    target: DeltaTarget, mode: Mode, position: Position | None, ctx: ReadContext
+) -> Iterator[Increment]:
+    """The increment of one Delta input after `position` (nothing when it has no new version)."""
+    snapshot = target.load()
+    if snapshot is None:
+        raise HeadwaterError(
+            f"table {ctx.table} reads {target.name}, which does not exist yet",
+            f"build {target.name} first (`headwater run` builds tables in dependency order)",
+        )
+    version = snapshot.version()
+    done = None if (position is None or ctx.full_refresh) else int(position["version"])
+    if done is not None and done >= version:
+        return
+    if mode == "snapshot" or done is None:
+        data: pa.RecordBatchReader = (
+            snapshot.to_pyarrow_dataset().scanner(batch_size=1 << 16).to_reader()
+        )
+        yield Increment(
+            data, {"version": version}, info={"upstream_version": version, "snapshot": True}
+        )
+        return
+    changes, changed = read_changes(target, done, version)
+    # A range of commits that change no data (compaction) is not worth a commit of its own.
+    yield Increment(
+        changes,
+        {"version": version},
+        advances=changed,
+        info={"upstream_version": version, "from_version": done},
+    )
+
+
 class Upstream(Source):
+    """Another table of the project."""
+
     kind = "table"
 
     def __init__(self, table: str, mode: Mode = "changes") -> None:
@@ -38,30 +74,4 @@ class Upstream(Source):
 
     def read(self, position: Position | None, ctx: ReadContext) -> Iterator[Increment]:
         assert ctx.resolve is not None
-        target = ctx.resolve(self.table)
-        snapshot = target.load()
-        if snapshot is None:
-            raise HeadwaterError(
-                f"table {ctx.table} reads {self.table}, which has not been built yet",
-                f"run {self.table} first (`headwater run` builds tables in dependency order)",
-            )
-        version = snapshot.version()
-        done = None if (position is None or ctx.full_refresh) else int(position["version"])
-        if done is not None and done >= version:
-            return
-        if self.mode == "snapshot" or done is None:
-            data: pa.RecordBatchReader = (
-                snapshot.to_pyarrow_dataset().scanner(batch_size=1 << 16).to_reader()
-            )
-            yield Increment(
-                data, {"version": version}, info={"upstream_version": version, "snapshot": True}
-            )
-            return
-        changes, changed = read_changes(target, done, version)
-        # A range of commits that change no data (compaction) is not worth a commit of its own.
-        yield Increment(
-            changes,
-            {"version": version},
-            advances=changed,
-            info={"upstream_version": version, "from_version": done},
-        )
+        yield from read_delta_input(ctx.resolve(self.table), self.mode, position, ctx)

@@ -132,4 +132,4 @@ def _label(
     if COMMIT_VERSION in batch.schema.names:
         batch = batch.drop_columns([COMMIT_VERSION])
     batch = batch.append_column(COMMIT_VERSION, pa.array([version] * n, pa.int64()))
-    return conform_batch(batch, schema, name)  # type: ignore[return-value]
+    return conform_batch(batch, schema, name)

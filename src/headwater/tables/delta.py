@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from datetime import datetime
 from functools import cached_property
@@ -158,10 +159,8 @@ class DeltaTarget:
     def delete_files(self, relative_paths: Iterable[str]) -> None:
         fs, root = self._fs
         for rel in relative_paths:
-            try:
+            with contextlib.suppress(OSError):
                 fs.delete_file(f"{root}/{unquote(rel)}" if root else unquote(rel))
-            except (OSError, FileNotFoundError):
-                pass
 
     def read_json(self, relative: str) -> Any:
         import json

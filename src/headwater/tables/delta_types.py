@@ -167,16 +167,16 @@ def fits_without_widening(old: pa.DataType, new: pa.DataType) -> bool:
     if old == pa.float64() and (new == pa.float32() or new in _INT_ORDER[:3]):
         return True
     if pa.types.is_decimal(old) and pa.types.is_decimal(new):
-        return new.scale <= old.scale and new.precision - new.scale <= old.precision - old.scale
+        return bool(
+            new.scale <= old.scale and new.precision - new.scale <= old.precision - old.scale
+        )
     if pa.types.is_timestamp(old) and pa.types.is_date32(new):
         return old.tz is None
     if pa.types.is_string(old) and pa.types.is_string(new):
         return True
-    if (pa.types.is_struct(old) and pa.types.is_struct(new)) or (
-        pa.types.is_list(old) and pa.types.is_list(new)
-    ):
-        return True  # checked field by field by the cast itself
-    return False
+    # Nested values are checked field by field by the cast itself.
+    both_structs = pa.types.is_struct(old) and pa.types.is_struct(new)
+    return both_structs or (pa.types.is_list(old) and pa.types.is_list(new))
 
 
 def _first_line(exc: Exception) -> str:

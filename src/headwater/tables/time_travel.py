@@ -12,7 +12,9 @@ from ..errors import HeadwaterError
 from .delta import DeltaTarget
 
 
-def snapshot_at(target: DeltaTarget, version: int | None = None, as_of: datetime | str | None = None) -> DeltaTable:
+def snapshot_at(
+    target: DeltaTarget, version: int | None = None, as_of: datetime | str | None = None
+) -> DeltaTable:
     """The table at `version`, or as of a timestamp (ISO text or datetime), or latest."""
     if version is not None and as_of is not None:
         raise HeadwaterError("give either a version or a timestamp, not both")
@@ -31,7 +33,9 @@ def _parse_time(text: str) -> datetime:
     try:
         return datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise HeadwaterError(f"cannot read {text!r} as a timestamp", "write e.g. 2024-05-01T12:00:00Z") from None
+        raise HeadwaterError(
+            f"cannot read {text!r} as a timestamp", "write e.g. 2024-05-01T12:00:00Z"
+        ) from None
 
 
 @dataclass
@@ -53,7 +57,8 @@ def history(target: DeltaTarget, limit: int | None = None) -> list[HistoryEntry]
     """Commits newest first: operation, time, and Headwater's batch, run and row counts."""
     entries = []
     for raw in target.table.history(limit):
-        meta = raw.get("headwater") if isinstance(raw.get("headwater"), dict) else {}
+        found = raw.get("headwater")
+        meta: dict[str, Any] = found if isinstance(found, dict) else {}
         operation = str(raw.get("operation", ""))
         if meta.get("operation") and "run_id" not in meta:
             operation = f"{operation} ({meta['operation']})"

@@ -8,6 +8,7 @@ committed, so a crash here leaves only unreferenced files for vacuum.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ def partition_value_text(value: Any) -> str | None:
     if isinstance(value, datetime):
         if value.tzinfo is not None:
             value = value.astimezone(UTC).replace(tzinfo=None)
-        return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+        return str(value.strftime("%Y-%m-%d %H:%M:%S.%f"))
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, Decimal):
@@ -221,7 +222,5 @@ class FileWriter:
                 pass
         self._open.clear()
         for relative in self.paths_written:
-            try:
+            with contextlib.suppress(OSError):
                 self._fs.delete_file(f"{self._root}/{relative}")
-            except OSError:
-                pass

@@ -18,6 +18,7 @@ same plan, so that their cost grows with the increment rather than the table:
 
 from __future__ import annotations
 
+import contextlib
 from abc import abstractmethod
 from typing import ClassVar, Literal
 from urllib.parse import unquote
@@ -122,7 +123,7 @@ class KeyedStrategy(WriteStrategy):
 
     def skipped(self, ctx: WriteContext) -> int:
         """Increment rows ignored because the target already holds newer data."""
-        return int(scalar(ctx.con, "SELECT count(*) FROM pairs WHERE NOT __hw_applies"))  # type: ignore[arg-type]
+        return int(scalar(ctx.con, "SELECT count(*) FROM pairs WHERE NOT __hw_applies"))
 
     @abstractmethod
     def inserts(self, ctx: WriteContext) -> str:
@@ -138,7 +139,7 @@ class KeyedStrategy(WriteStrategy):
 
     # -- shared steps ------------------------------------------------------
     def stage(self, ctx: WriteContext, data: pa.RecordBatchReader) -> StagedWrite:
-        con, keys = ctx.con, ctx.options.keys
+        con = ctx.con
         incoming = data.read_all()
         incoming = incoming.append_column(ARRIVAL, pa.array(range(incoming.num_rows), pa.int64()))
         con.register("incoming", incoming)
@@ -147,10 +148,8 @@ class KeyedStrategy(WriteStrategy):
             staged = self._stage(ctx, incoming)
         finally:
             for name in ("incoming", "located", "old"):
-                try:
+                with contextlib.suppress(Exception):  # a view that was never registered
                     con.unregister(name)
-                except Exception:
-                    pass
         staged.metrics["rows_in"] += incoming.num_rows
         return staged
 
@@ -161,6 +160,9 @@ class KeyedStrategy(WriteStrategy):
         self._check_null_keys(ctx, incoming)
         self._prepare_source(ctx, columns)
         staged = StagedWrite(self.operation)
+        # Rows considered (a change feed's pre-images are not).
+        considered = "src" if self.duplicate_mode(ctx) == "keep" else "src_all"
+        staged.metrics["rows_in"] += int(scalar(con, f"SELECT count(*) FROM {considered}"))
 
         files = self._candidate_files(ctx)
         located = self._locate(ctx, files)

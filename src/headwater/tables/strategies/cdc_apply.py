@@ -21,6 +21,10 @@ _UPDATE = ("u", "update", "update_postimage")
 _DELETE = ("d", "delete")
 
 
+def _literals(values: tuple[str, ...]) -> str:
+    return ", ".join(f"'{v}'" for v in values)  # fixed operation names, not user input
+
+
 class CdcApply(Merge):
     name = "cdc-apply"
     summary = "apply insert/update/delete in log order"
@@ -50,10 +54,9 @@ class CdcApply(Merge):
             source = f"i.{q(CHANGE_TYPE)}"
         else:
             return "NULL"
-        quote = lambda values: ", ".join(f"'{v}'" for v in values)  # noqa: E731 - fixed literals
         return (
-            f"CASE WHEN {source} IN ({quote(_INSERT)}) THEN 'I' WHEN {source} IN ({quote(_UPDATE)}) THEN 'U' "
-            f"WHEN {source} IN ({quote(_DELETE)}) THEN 'D' END"
+            f"CASE WHEN {source} IN ({_literals(_INSERT)}) THEN 'I' WHEN {source} IN ({_literals(_UPDATE)}) THEN 'U' "
+            f"WHEN {source} IN ({_literals(_DELETE)}) THEN 'D' END"
         )
 
     def validate_increment(self, ctx: WriteContext, columns: list[str]) -> None:

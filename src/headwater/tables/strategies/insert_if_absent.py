@@ -29,4 +29,4 @@ class InsertIfAbsent(KeyedStrategy):
         raise AssertionError("insert-if-absent never rewrites a file")
 
     def skipped(self, ctx: WriteContext) -> int:
-        return int(scalar(ctx.con, "SELECT count(*) FROM pairs"))  # type: ignore[arg-type]
+        return int(scalar(ctx.con, "SELECT count(*) FROM pairs"))

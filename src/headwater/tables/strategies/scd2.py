@@ -110,7 +110,7 @@ class Scd2(KeyedStrategy):
         con.execute(f"CREATE OR REPLACE TEMP VIEW to_insert AS {self.inserts(ctx)}")
 
     def skipped(self, ctx: WriteContext) -> int:
-        return int(scalar(ctx.con, "SELECT (SELECT count(*) FROM src) - (SELECT count(*) FROM ev)"))  # type: ignore[arg-type]
+        return int(scalar(ctx.con, "SELECT (SELECT count(*) FROM src) - (SELECT count(*) FROM ev)"))
 
     def inserts(self, ctx: WriteContext) -> str:
         o, keys = ctx.options, ctx.options.keys
