@@ -135,3 +135,46 @@ def test_a_run_that_changes_nothing_makes_no_commit(tmp_path: Path) -> None:
     results = lake.run()
     assert [r.status for r in results] == ["up-to-date", "up-to-date"]
     assert (lake.version("bronze.t"), lake.version("silver.t")) == versions
+
+
+def _merge_table_with_many_files(tmp_path: Path) -> tuple[Lake, Feed]:
+    lake = Lake(tmp_path)
+    feed = Feed([], name="feed")
+    lake.declare(lambda: table("bronze.t", source=feed, strategy="merge", keys=["id"]))
+    for start in range(0, 40, 10):
+        feed.push([{"id": i, "v": "old"} for i in range(start, start + 10)])
+    lake.run()
+    feed.push([{"id": 0, "v": "new"}, {"id": 25, "v": "new"}])
+    return lake, feed
+
+
+@pytest.mark.parametrize("compactor", ["headwater", "another engine"])
+def test_a_compaction_during_a_merge_never_duplicates_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compactor: str
+) -> None:
+    """delta-rs does not see a compaction as conflicting with a merge that removes
+    the same files; Headwater's lock and pre-commit check must."""
+    import threading
+    import time
+
+    from headwater.tables.maintenance import compact
+
+    lake, _ = _merge_table_with_many_files(tmp_path)
+    target = lake.target("bronze.t")
+    monkeypatch.setenv("HEADWATER_FAILPOINTS", "after_stage=sleep:1.5")
+
+    def compaction() -> None:
+        time.sleep(0.5)  # while the merge is staged and waiting to commit
+        if compactor == "headwater":
+            compact(lake.project.target("bronze.t"))
+        else:
+            DeltaTable(target.uri).optimize.compact()
+
+    thread = threading.Thread(target=compaction)
+    thread.start()
+    (run,) = lake.run()
+    thread.join()
+    rows = lake.rows("bronze.t", "id")
+    assert len(rows) == 40 and len({r["id"] for r in rows}) == 40
+    assert {r["id"]: r["v"] for r in rows if r["v"] == "new"} == {0: "new", 25: "new"}
+    assert run.status == "committed"

@@ -42,6 +42,8 @@ class DefaultsSection(_Section):
     compression: Literal["zstd", "snappy", "gzip", "lz4", "none"] = "zstd"
     commit_retries: int = Field(default=5, ge=0, le=100)
     chunk_rows: int = Field(default=500_000, ge=1)
+    # How long a run waits for another Headwater writer of the same table.
+    lock_timeout_seconds: float = Field(default=3600.0, gt=0)
 
     @field_validator("target_file_size", mode="before")
     @classmethod

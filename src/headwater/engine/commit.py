@@ -72,6 +72,8 @@ def commit(
         app_transactions=[Transaction(request.app, request.batch, int(time.time() * 1000))],
         max_commit_retries=request.max_retries,
     )
+    if snapshot is not None and staged.removes:
+        _check_removes_still_live(target, snapshot.version(), staged)
     try:
         if snapshot is None:
             create_table_with_add_actions(
@@ -122,3 +124,22 @@ def carry_forward(target: DeltaTarget, app: str | None, operation: str) -> Commi
             }
         }
     )
+
+
+def _check_removes_still_live(target: DeltaTarget, read_version: int, staged: StagedWrite) -> None:
+    """Refuse to commit if a commit since `read_version` removed a file this write removes.
+
+    delta-rs does not report this conflict when the other commit is a compaction
+    (dataChange=false); committing anyway would keep the old rows alive in the
+    compacted file next to their replacements.
+    """
+    from ..tables.log import read_commit
+
+    latest = DeltaTable(target.uri, storage_options=target.storage_options or None).version()
+    if latest == read_version:
+        return
+    ours = {r.path for r in staged.removes}
+    for version in range(read_version + 1, latest + 1):
+        removed = {r["path"] for r in read_commit(target, version).removes}
+        if removed & ours:
+            raise ConflictRetry(f"commit {version} removed files this write was replacing")

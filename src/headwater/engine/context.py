@@ -34,5 +34,5 @@ class RunContext:
         """The current snapshot of any table of the project (for lookups)."""
         if self.project is None:
             raise LookupError("no project attached to this run")
-        dataset = self.project.target(name).table.to_pyarrow_dataset()
+        dataset = self.project.target(name).dataset()
         return self.con.from_arrow(dataset)

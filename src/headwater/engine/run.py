@@ -42,6 +42,7 @@ from ..transform.graph import downstream_of, reads_changes
 from .commit import CommitRequest, ConflictRetry, carry_forward, commit
 from .context import RunContext
 from .failpoints import failpoint
+from .lock import table_lock
 from .position import CommittedState, find_commit_version, read_committed_state
 
 log = logging.getLogger("headwater.run")
@@ -127,9 +128,14 @@ class Runner:
                     f"table {name} refuses --full-refresh ({spec.strategy} history would be lost)",
                     "declare allow_full_refresh=True if rebuilding it from its inputs is really intended",
                 )
+            target = self.project.target(name)
+            wait = lambda: self.progress(name, "waiting for another writer of this table")  # noqa: E731
             while True:
                 try:
-                    self._attempt(spec, run)
+                    with table_lock(
+                        target, f"run {self.run_id}", self.defaults.lock_timeout_seconds, wait
+                    ):
+                        self._attempt(spec, run)
                     break
                 except ConflictRetry as conflict:
                     attempts += 1
@@ -416,9 +422,10 @@ class Runner:
 
         upstream = spec.inputs[alias]
         assert isinstance(upstream, Upstream)
-        table = self.project.target(upstream.table).table
+        source = self.project.target(upstream.table)
+        table = source.table
         if upstream.mode == "snapshot":
-            return Increment(table.to_pyarrow_dataset(), positions.get(alias), advances=False)
+            return Increment(source.dataset(), positions.get(alias), advances=False)
         schema = change_schema(pa.schema(table.schema()))
         return Increment(schema.empty_table(), positions.get(alias), advances=False)
 
@@ -493,7 +500,7 @@ class Runner:
                     for f in pa.schema(table.schema())
                 ]
             )
-            scanner = table.to_pyarrow_dataset().scanner(batch_size=READ_BATCH)
+            scanner = target.dataset(table=table).scanner(batch_size=READ_BATCH)
             rows = (conform_batch(b, widened, spec.name) for b in scanner.to_batches())
             write_deltalake(
                 target.uri,

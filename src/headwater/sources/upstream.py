@@ -37,7 +37,7 @@ def read_delta_input(
         return
     if mode == "snapshot" or done is None:
         data: pa.RecordBatchReader = (
-            snapshot.to_pyarrow_dataset().scanner(batch_size=1 << 16).to_reader()
+            target.dataset(table=snapshot).scanner(batch_size=1 << 16).to_reader()
         )
         yield Increment(
             data, {"version": version}, info={"upstream_version": version, "snapshot": True}

@@ -123,14 +123,57 @@ class DeltaTarget:
     def dataset(
         self, paths: Iterable[str] | None = None, table: DeltaTable | None = None
     ) -> ds.Dataset:
-        """The snapshot as a pyarrow dataset, optionally only the files in `paths` (as logged)."""
+        """The snapshot (latest, or `table`) as a pyarrow dataset, optionally only the
+        files in `paths` (as logged).
+
+        Built from the add actions alone, so reads never depend on how a writer
+        filled in file statistics: pyarrow prunes row groups by the Parquet
+        footers, which are exact.
+        """
         source = table or self.table
-        dataset = source.to_pyarrow_dataset()
-        if paths is None:
-            return dataset
-        wanted = {unquote(p) for p in paths}
-        fragments = [f for f in dataset.get_fragments() if _relative(f.path) in wanted]
-        return ds.FileSystemDataset(fragments, dataset.schema, dataset.format, dataset.filesystem)
+        features = set(source.protocol().reader_features or [])
+        if {"deletionVectors", "columnMapping"} & features:
+            # Features Headwater does not write itself; delta-rs applies them.
+            dataset = source.to_pyarrow_dataset()
+            if paths is None:
+                return dataset
+            wanted = {unquote(p) for p in paths}
+            fragments = [f for f in dataset.get_fragments() if f.path.lstrip("/") in wanted]
+            return ds.FileSystemDataset(
+                fragments, dataset.schema, dataset.format, dataset.filesystem
+            )
+        schema = pa.schema(source.schema())
+        partition_by = list(source.metadata().partition_columns)
+        actions = (
+            self.add_actions if table is None else pa.table(source.get_add_actions(flatten=True))
+        )
+        rows = actions.select(["path", *[f"partition.{c}" for c in partition_by]]).to_pylist()
+        if paths is not None:
+            wanted = set(paths)
+            rows = [r for r in rows if r["path"] in wanted]
+        expressions = []
+        for row in rows:
+            expression = ds.scalar(True)
+            for column in partition_by:
+                value = row[f"partition.{column}"]
+                field = ds.field(column)
+                if value is None:
+                    expression &= field.is_null()
+                else:
+                    expression &= field == pa.scalar(value, schema.field(column).type)
+            expressions.append(expression)
+        fs, root = self._fs
+        filesystem = pafs.SubTreeFileSystem(root, fs) if root else fs
+        file_format = ds.ParquetFileFormat(
+            read_options=ds.ParquetReadOptions(coerce_int96_timestamp_unit="us")
+        )
+        return ds.FileSystemDataset.from_paths(
+            [unquote(r["path"]) for r in rows],
+            schema=schema,
+            format=file_format,
+            filesystem=filesystem,
+            partitions=expressions,
+        )
 
     # -- writing -----------------------------------------------------------
     @cached_property
@@ -170,8 +213,3 @@ class DeltaTarget:
             return [
                 json.loads(line) for line in handle.read().decode().splitlines() if line.strip()
             ]
-
-
-def _relative(fragment_path: str) -> str:
-    # delta-rs datasets use a filesystem rooted at the table, so fragment paths are relative.
-    return fragment_path.lstrip("/")

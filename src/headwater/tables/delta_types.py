@@ -175,8 +175,8 @@ def fits_without_widening(old: pa.DataType, new: pa.DataType) -> bool:
     if pa.types.is_string(old) and pa.types.is_string(new):
         return True
     # Nested values are checked field by field by the cast itself.
-    both_structs = pa.types.is_struct(old) and pa.types.is_struct(new)
-    return both_structs or (pa.types.is_list(old) and pa.types.is_list(new))
+    both_structs = bool(pa.types.is_struct(old) and pa.types.is_struct(new))
+    return both_structs or bool(pa.types.is_list(old) and pa.types.is_list(new))
 
 
 def _first_line(exc: Exception) -> str:

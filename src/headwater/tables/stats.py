@@ -3,14 +3,15 @@
 Readers skip files by these statistics, so they must never claim less than the
 file holds: values that cannot be represented safely are left out (always safe).
 The format follows what delta-rs writes: timestamps in milliseconds (the max is
-rounded up, so it stays an upper bound for any reader), strings capped at 32
-characters.
+rounded up, so it stays an upper bound for any reader), strings cut to a
+32-character prefix (the max then continues with the greatest code point).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -22,6 +23,7 @@ STRING_PREFIX = 32
 MAX_INDEXED_COLUMNS = 32
 _EPOCH = datetime(1970, 1, 1)
 _DEC_MARK = "\x00dec:"
+_MAX_CHAR = "\U0010ffff"
 
 
 def _leaves(schema: pa.Schema) -> list[tuple[tuple[str, ...], pa.DataType]]:
@@ -60,9 +62,17 @@ def _json_value(value: Any, dtype: pa.DataType, is_max: bool) -> Any:
         text = value if isinstance(value, str) else bytes(value).decode("utf-8", "replace")
         if len(text) <= STRING_PREFIX:
             return text
-        return None if is_max else text[:STRING_PREFIX]
+        if not is_max:
+            return text[:STRING_PREFIX]
+        # The prefix followed by the greatest code point is above every string
+        # with that prefix, unless the data itself continues with that code point.
+        if text[STRING_PREFIX] < _MAX_CHAR:
+            return text[:STRING_PREFIX] + _MAX_CHAR
+        return text
     if pa.types.is_floating(dtype):
-        return None if (math.isnan(value) or math.isinf(value)) else float(value)
+        if math.isinf(value):  # JSON has no infinity: the widest finite bound
+            return -sys.float_info.max if value < 0 else sys.float_info.max
+        return None if math.isnan(value) else float(value)
     if pa.types.is_integer(dtype) or pa.types.is_boolean(dtype):
         return value
     return None  # binary and other types carry no usable min/max
@@ -84,7 +94,12 @@ def _set(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
 def delta_stats(
     metadata: pq.FileMetaData, schema: pa.Schema, indexed_columns: int = MAX_INDEXED_COLUMNS
 ) -> str:
-    """`add.stats` JSON for a file with this footer, written with this Arrow schema."""
+    """`add.stats` JSON for a file with this footer, written with this Arrow schema.
+
+    Every indexed column gets both bounds where its values have any: delta-rs
+    reads a missing bound as NULL and would then skip the file for any filter on
+    that column. NaN is not bounded (Parquet statistics skip it), as in delta-rs.
+    """
     leaves = _leaves(schema)[:indexed_columns]
     dotted = {".".join(path): (path, dtype) for path, dtype in leaves}
     mins: dict[str, Any] = {}
@@ -120,9 +135,9 @@ def delta_stats(
             _set(nulls, path, null_count)
         if complete and lo is not None:
             lo_json, hi_json = _json_value(lo, dtype, False), _json_value(hi, dtype, True)
-            if lo_json is not None:
+            # Readers compare against both bounds; a lone bound becomes `x <= NULL`.
+            if lo_json is not None and hi_json is not None:
                 _set(mins, path, lo_json)
-            if hi_json is not None:
                 _set(maxs, path, hi_json)
     text = json.dumps(
         {"numRecords": metadata.num_rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls},

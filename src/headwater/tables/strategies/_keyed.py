@@ -150,7 +150,6 @@ class KeyedStrategy(WriteStrategy):
             for name in ("incoming", "located", "old"):
                 with contextlib.suppress(Exception):  # a view that was never registered
                     con.unregister(name)
-        staged.metrics["rows_in"] += incoming.num_rows
         return staged
 
     def _stage(self, ctx: WriteContext, incoming: pa.Table) -> StagedWrite:
