@@ -22,6 +22,15 @@ def snapshot_at(
         moment = as_of if isinstance(as_of, datetime) else _parse_time(as_of)
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
+        # delta-rs answers any earlier time with the oldest version; that table did not exist yet.
+        oldest = target.table.history()[-1]
+        created = datetime.fromtimestamp(int(oldest["timestamp"]) / 1000, UTC)
+        if moment < created:
+            raise HeadwaterError(
+                f"table {target.name} has no version as of {moment.isoformat()}: "
+                f"its oldest version, {oldest['version']}, is from {created.isoformat()}",
+                f"`headwater history {target.name}` lists the versions",
+            )
         table = target.load(moment)
     else:
         table = target.load(version) if version is not None else target.table
@@ -60,7 +69,10 @@ def history(target: DeltaTarget, limit: int | None = None) -> list[HistoryEntry]
         found = raw.get("headwater")
         meta: dict[str, Any] = found if isinstance(found, dict) else {}
         operation = str(raw.get("operation", ""))
-        if meta.get("operation") and "run_id" not in meta:
+        if "run_id" in meta and meta.get("strategy"):
+            # delta-rs logs every file commit as WRITE; the strategy says what it did.
+            operation = f"{meta.get('operation', operation)} ({meta['strategy']})"
+        elif meta.get("operation"):
             operation = f"{operation} ({meta['operation']})"
         entries.append(
             HistoryEntry(

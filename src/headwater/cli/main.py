@@ -1,0 +1,317 @@
+"""The `headwater` command.
+
+    headwater [--project DIR] [--debug] COMMAND ...
+
+Every failure a user can act on prints `error: ...` and `hint: ...` and exits
+non-zero; anything unexpected prints one line too, and its traceback only with
+--debug.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.text import Text
+from rich.traceback import Traceback
+
+from .. import __version__
+from ..errors import ConfigError, HeadwaterError
+from ..project import Project
+from . import render
+
+app = typer.Typer(
+    name="headwater",
+    help="Lakehouse data pipelines into Delta Lake tables, with exactly-once results.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@dataclass
+class _Options:
+    project: Path = Path(".")
+    debug: bool = False
+
+
+OPTIONS = _Options()
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"headwater {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(
+    project: Annotated[
+        Path,
+        typer.Option(
+            "--project",
+            "-p",
+            envvar="HEADWATER_PROJECT",
+            help="Project directory (holds headwater.toml).",
+            file_okay=False,
+        ),
+    ] = Path("."),
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks and debug logging.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    OPTIONS.project = project
+    OPTIONS.debug = debug
+    if debug:
+        from rich.logging import RichHandler
+
+        # Headwater's own debug logging; other libraries stay at warnings.
+        logging.basicConfig(
+            level=logging.WARNING,
+            format="%(name)s: %(message)s",
+            handlers=[RichHandler(console=render.err(), show_path=False)],
+        )
+        logging.getLogger("headwater").setLevel(logging.DEBUG)
+
+
+def _load(discover: bool = True) -> Project:
+    return Project.load(OPTIONS.project, discover=discover)
+
+
+def _built(project: Project, name: str) -> None:
+    """Fail with the tables that do exist when `name` has not been built."""
+    target = project.target(name)
+    if target.exists:
+        return
+    built = project.existing_tables()
+    raise HeadwaterError(
+        f"table {name} does not exist",
+        f"tables in the warehouse: {', '.join(built)}"
+        if built
+        else "nothing is built yet; run `headwater run`",
+    )
+
+
+# -- init ---------------------------------------------------------------------------
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Where to create the project.")],
+) -> None:
+    """Create a project: headwater.toml, an example pipeline and its data."""
+    from .scaffold import scaffold
+
+    created = scaffold(directory)
+    out = render.out()
+    out.print(Text.assemble("Created project in ", (str(directory), "bold")))
+    for path in created:
+        out.print(f"  {path.relative_to(directory).as_posix()}", style="dim")
+    where = "" if directory.resolve() == Path.cwd() else f" --project {directory}"
+    out.print("\nNext:")
+    out.print(f"  headwater{where} run", markup=False)
+    out.print(f"  headwater{where} show silver.orders", markup=False)
+
+
+# -- run ------------------------------------------------------------------------------
+
+
+@app.command()
+def run(
+    tables: Annotated[
+        list[str] | None,
+        typer.Argument(help="Tables to run (default: all), in dependency order."),
+    ] = None,
+    full_refresh: Annotated[
+        bool,
+        typer.Option("--full-refresh", help="Rebuild from the inputs instead of incrementally."),
+    ] = False,
+) -> None:
+    """Bring tables up to date with their inputs."""
+    from .progress import current_versions, run_with_progress
+
+    project = _load()
+    results = run_with_progress(project, tables, render.err(), full_refresh=full_refresh)
+    render.out().print(render.run_summary(results, current_versions(project, results)))
+    render.run_failures(results, debug=OPTIONS.debug)
+    if any(r.status in render.FAILED for r in results):
+        raise typer.Exit(1)
+
+
+# -- reading --------------------------------------------------------------------------
+
+
+@app.command()
+def show(
+    table: Annotated[str, typer.Argument(help="layer.table")],
+    version: Annotated[
+        int | None, typer.Option("--version", "-v", help="Read this version.")
+    ] = None,
+    as_of: Annotated[
+        str | None,
+        typer.Option("--as-of", help="Read the table as of a time, e.g. 2024-05-01T12:00:00Z."),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=0, help="Rows to show.")] = 20,
+) -> None:
+    """Print rows of a table, now or as it was."""
+    from ..tables.time_travel import snapshot_at
+
+    project = _load(discover=False)
+    _built(project, table)
+    snapshot = snapshot_at(project.target(table), version=version, as_of=as_of)
+    dataset = snapshot.to_pyarrow_dataset()
+    total = dataset.count_rows()
+    rows = dataset.head(limit) if limit else dataset.schema.empty_table()
+    title = f"{table} · version {snapshot.version()} · {total:,} row{'s' if total != 1 else ''}"
+    if rows.num_rows < total:
+        title += f" (first {rows.num_rows:,} shown)"
+    render.out().print(render.rows_table(rows.column_names, rows.to_pylist(), title=title))
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="DuckDB SQL; tables are named layer.table.")],
+    fmt: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="How to print the result.")
+    ] = OutputFormat.table,
+) -> None:
+    """Query the warehouse's tables with DuckDB SQL."""
+    from .query import print_result, run_query
+
+    project = _load(discover=False)
+    result = run_query(project, query)
+    if result is not None:
+        print_result(result, fmt.value)
+
+
+@app.command()
+def history(
+    table: Annotated[str, typer.Argument(help="layer.table")],
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, help="Newest commits to show.")
+    ] = 20,
+) -> None:
+    """List a table's commits: what each run read and wrote."""
+    from ..tables.time_travel import history as table_history
+
+    project = _load(discover=False)
+    _built(project, table)
+    entries = table_history(project.target(table), limit)
+    render.out().print(render.history_table(entries, title=f"{table} · history (newest first)"))
+
+
+@app.command("tables")
+def list_tables() -> None:
+    """List the declared tables and their current versions."""
+    project = _load()
+    listing = render.new_table()
+    for column in ("table", "strategy", "keys", "inputs", "version"):
+        listing.add_column(column, justify="right" if column == "version" else "left")
+    for name in project.order():
+        spec = project.spec(name)
+        version = project.target(name).version
+        listing.add_row(
+            name,
+            spec.strategy,
+            ", ".join(spec.options.keys),
+            "\n".join(source.describe() for source in spec.inputs.values()),
+            Text("not built", style="dim") if version is None else str(version),
+        )
+    render.out().print(listing)
+    undeclared = sorted(set(project.existing_tables()) - set(project.tables))
+    if undeclared:
+        render.out().print(
+            f"In the warehouse but declared by no pipeline: {', '.join(undeclared)}",
+            style="dim",
+            markup=False,
+        )
+
+
+# -- maintenance ------------------------------------------------------------------------
+
+
+@app.command()
+def maintain(
+    tables: Annotated[
+        list[str] | None,
+        typer.Argument(help="Tables to maintain (default: every declared table that exists)."),
+    ] = None,
+    retention_hours: Annotated[
+        float | None,
+        typer.Option(
+            "--retention-hours", min=0, help="Keep unreferenced files this long (time travel)."
+        ),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Allow a retention under the 168-hour safety floor."),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Report what would be done; change nothing.")
+    ] = False,
+) -> None:
+    """Compact small files, z-order, checkpoint and vacuum tables."""
+    from .maintain import maintain_tables
+
+    if not maintain_tables(
+        _load(), tables or None, retention_hours=retention_hours, force=force, dry_run=dry_run
+    ):
+        raise typer.Exit(1)
+
+
+# -- demo ---------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    directory: Annotated[
+        Path | None,
+        typer.Option(
+            "--dir", help="Build the demo project here (kept) instead of a temporary folder."
+        ),
+    ] = None,
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the temporary project.")] = False,
+) -> None:
+    """Build a bronze -> silver -> gold shop pipeline twice: all, then only the changes."""
+    from .demo import run_demo
+
+    run_demo(directory, keep=keep, debug=OPTIONS.debug)
+
+
+# -- entry point ----------------------------------------------------------------------------
+
+
+def main() -> None:
+    try:
+        app(prog_name="headwater")
+    except HeadwaterError as exc:
+        if OPTIONS.debug:
+            render.err().print(Traceback.from_exception(type(exc), exc, exc.__traceback__))
+        render.error(exc.message, exc.hint)
+        sys.exit(2 if isinstance(exc, ConfigError) else 1)
+    except Exception as exc:
+        if OPTIONS.debug:
+            render.err().print(Traceback.from_exception(type(exc), exc, exc.__traceback__))
+        render.error(
+            f"{type(exc).__name__}: {render.first_line(str(exc))}",
+            None if OPTIONS.debug else "run with --debug for the traceback",
+        )
+        sys.exit(1)
