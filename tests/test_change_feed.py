@@ -40,7 +40,9 @@ def test_a_downstream_merge_reads_only_changed_rows_including_deletes(lake: Lake
     assert len(lake.rows("silver.t")) == 999
 
 
-def test_an_append_only_table_of_another_engine_is_read_from_its_added_files(lake: Lake, tmp_path: Path) -> None:
+def test_an_append_only_table_of_another_engine_is_read_from_its_added_files(
+    lake: Lake, tmp_path: Path
+) -> None:
     path = tmp_path / "external" / "events"
     write_deltalake(str(path), pa.table({"id": list(range(10))}))  # no change data feed
     lake.declare(lambda: table("bronze.events", source=delta(str(path)), strategy="append"))
@@ -53,14 +55,18 @@ def test_an_append_only_table_of_another_engine_is_read_from_its_added_files(lak
     assert [r["id"] for r in lake.rows("bronze.events", "id")] == list(range(13))
 
 
-def test_the_change_data_feed_of_another_engine_is_used_where_it_exists(lake: Lake, tmp_path: Path) -> None:
+def test_the_change_data_feed_of_another_engine_is_used_where_it_exists(
+    lake: Lake, tmp_path: Path
+) -> None:
     path = str(tmp_path / "external" / "accounts")
     write_deltalake(
         path,
         pa.table({"id": list(range(100)), "balance": [0] * 100}),
         configuration={"delta.enableChangeDataFeed": "true"},
     )
-    lake.declare(lambda: table("silver.accounts", source=delta(path), strategy="merge", keys=["id"]))
+    lake.declare(
+        lambda: table("silver.accounts", source=delta(path), strategy="merge", keys=["id"])
+    )
     lake.run()
     updates = pa.table({"id": [5, 6], "balance": [50, 60]})
     (
@@ -76,7 +82,9 @@ def test_the_change_data_feed_of_another_engine_is_used_where_it_exists(lake: La
     assert lake.rows("silver.accounts", "id") == expected
 
 
-def test_a_rewrite_without_change_feed_reads_as_delete_and_insert(lake: Lake, tmp_path: Path) -> None:
+def test_a_rewrite_without_change_feed_reads_as_delete_and_insert(
+    lake: Lake, tmp_path: Path
+) -> None:
     path = str(tmp_path / "external" / "dim")
     write_deltalake(path, pa.table({"id": [1, 2, 3], "name": ["a", "b", "c"]}))
     lake.declare(lambda: table("silver.dim", source=delta(path), strategy="merge", keys=["id"]))
@@ -133,7 +141,9 @@ def test_a_gold_table_recomputes_only_the_groups_whose_rows_changed(lake: Lake) 
     feed.push([{"order_id": 0, "customer": "c1", "amount": 10}])  # order 0 moves from c0 to c1
     _, gold = lake.run()
     assert gold.metrics["rows_in"] == 2  # only c0 and c1 recomputed
-    rows = {r["customer"]: (r["revenue"], r["orders"]) for r in lake.rows("gold.revenue", "customer")}
+    rows = {
+        r["customer"]: (r["revenue"], r["orders"]) for r in lake.rows("gold.revenue", "customer")
+    }
     assert rows["c0"] == (90, 9) and rows["c1"] == (110, 11) and rows["c2"] == (100, 10)
 
 

@@ -214,9 +214,13 @@ def test_show_reads_the_latest_and_older_versions(shop: Path) -> None:
     assert "Porto" in as_of and "Lisbon" not in as_of
     assert "version 0" in as_of
 
-    before = run_cli(shop, "show", "bronze.customers", "--as-of", "2001-01-01T00:00:00Z", check=False)
+    before = run_cli(
+        shop, "show", "bronze.customers", "--as-of", "2001-01-01T00:00:00Z", check=False
+    )
     assert before.returncode != 0
-    assert "has no version as of 2001-01-01" in before.stderr and "headwater history" in before.stderr
+    assert (
+        "has no version as of 2001-01-01" in before.stderr and "headwater history" in before.stderr
+    )
 
 
 def test_show_limits_the_rows(shop: Path) -> None:

@@ -61,22 +61,32 @@ def test_a_function_can_return_sql_over_its_inputs(project_dir: Path) -> None:
     )
     project = Project.load(project_dir)
     Runner(project).run()
-    assert project.target("silver.ab").table.to_pyarrow_table().to_pylist() == [{"k": 1, "x": 10, "y": 20, "made_by": "silver.ab"}]
+    assert project.target("silver.ab").table.to_pyarrow_table().to_pylist() == [
+        {"k": 1, "x": 10, "y": 20, "made_by": "silver.ab"}
+    ]
 
 
 @pytest.mark.parametrize(
     ("code", "message"),
     [
         ('table("orders", source=memory([]))', "must be 'layer.table'"),
-        ('table("silver.x", inputs=["bronze.missing"])', "reads bronze.missing, which no pipeline declares"),
+        (
+            'table("silver.x", inputs=["bronze.missing"])',
+            "reads bronze.missing, which no pipeline declares",
+        ),
         ('table("silver.x", source=memory([]), inputs=["bronze.y"])', "exactly one of source"),
-        ('table("silver.x", source=memory([]), strategy="upsert")', "unknown write strategy 'upsert'"),
+        (
+            'table("silver.x", source=memory([]), strategy="upsert")',
+            "unknown write strategy 'upsert'",
+        ),
         ('table("silver.x", source=memory([]), strategy="merge")', "strategy 'merge' needs keys"),
         ('table("silver.x", source=memory([]), schema="loose")', "schema policy must be one of"),
-        ('1 / 0', "ZeroDivisionError"),
+        ("1 / 0", "ZeroDivisionError"),
     ],
 )
-def test_declaration_errors_name_the_file_and_line(project_dir: Path, code: str, message: str) -> None:
+def test_declaration_errors_name_the_file_and_line(
+    project_dir: Path, code: str, message: str
+) -> None:
     path = write_pipeline(
         project_dir,
         "bad",
@@ -95,7 +105,11 @@ def test_declaration_errors_name_the_file_and_line(project_dir: Path, code: str,
 
 def test_a_table_declared_twice_names_both_places(project_dir: Path) -> None:
     for name in ("one", "two"):
-        write_pipeline(project_dir, name, 'from headwater import table\nfrom headwater.sources import memory\ntable("bronze.t", source=memory([]))\n')
+        write_pipeline(
+            project_dir,
+            name,
+            'from headwater import table\nfrom headwater.sources import memory\ntable("bronze.t", source=memory([]))\n',
+        )
     with pytest.raises(ConfigError) as caught:
         Project.load(project_dir)
     assert "declared twice" in caught.value.message and "one.py" in (caught.value.hint or "")

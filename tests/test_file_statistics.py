@@ -70,12 +70,16 @@ def test_equality_on_the_exact_extreme_values_finds_the_rows(
     edge_table: DeltaTable, tmp_path: Path, column: str, reader: str
 ) -> None:
     # delta-rs builds file guarantees from the statistics; Headwater reads by footers.
-    dataset = edge_table.to_pyarrow_dataset() if reader == "delta-rs" else _headwater_dataset(tmp_path)
+    dataset = (
+        edge_table.to_pyarrow_dataset() if reader == "delta-rs" else _headwater_dataset(tmp_path)
+    )
     for row in EDGE_ROWS:
         value = row[column]
         if isinstance(value, float) and value != value:
             continue  # NaN equals nothing
-        found = dataset.to_table(filter=ds.field(column) == pa.scalar(value, SCHEMA.field(column).type))
+        found = dataset.to_table(
+            filter=ds.field(column) == pa.scalar(value, SCHEMA.field(column).type)
+        )
         assert found.column("id").to_pylist() == [row["id"]], f"{column} = {value!r} was skipped"
 
 
@@ -89,9 +93,13 @@ def test_statistics_are_in_delta_format(edge_table: DeltaTable) -> None:
     stats = json.loads(add["stats"])
     assert stats["numRecords"] == 2
     assert stats["minValues"]["id"] == 1 and stats["maxValues"]["id"] == 2
-    assert stats["maxValues"]["at"] == "2024-01-01T00:00:00.001Z"  # rounded up, never below the data
+    assert (
+        stats["maxValues"]["at"] == "2024-01-01T00:00:00.001Z"
+    )  # rounded up, never below the data
     assert stats["minValues"]["at"] == "2023-12-31T23:59:59.999Z"
-    assert stats["maxValues"]["name"] == "z" * 32 + "\U0010ffff"  # above every string with that prefix
+    assert (
+        stats["maxValues"]["name"] == "z" * 32 + "\U0010ffff"
+    )  # above every string with that prefix
     assert stats["minValues"]["name"] == "a" * 32
     assert stats["minValues"]["day"] == "1969-12-31"
     assert stats["maxValues"]["score"] == 1.5  # NaN is not a bound

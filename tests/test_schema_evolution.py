@@ -12,10 +12,14 @@ from headwater import table
 from .lake import Feed, Lake
 
 
-def landed(tmp_path: Path, policy: str, strategy: str = "append", **options: object) -> tuple[Lake, Feed]:
+def landed(
+    tmp_path: Path, policy: str, strategy: str = "append", **options: object
+) -> tuple[Lake, Feed]:
     lake = Lake(tmp_path)
     feed = Feed([], name="feed")
-    lake.declare(lambda: table("bronze.t", source=feed, strategy=strategy, schema=policy, **options))
+    lake.declare(
+        lambda: table("bronze.t", source=feed, strategy=strategy, schema=policy, **options)
+    )
     return lake, feed
 
 
@@ -87,7 +91,9 @@ def test_an_incompatible_type_is_an_error_naming_the_column(tmp_path: Path) -> N
     lake.run()
     feed.push([{"amount": "one"}])
     (run,) = lake.run(check=False)
-    assert run.status == "failed" and "'amount'" in (run.error or "") and "int64" in (run.error or "")
+    assert (
+        run.status == "failed" and "'amount'" in (run.error or "") and "int64" in (run.error or "")
+    )
 
 
 def test_missing_columns_are_written_as_null_and_case_follows_the_table(tmp_path: Path) -> None:

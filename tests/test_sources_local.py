@@ -21,7 +21,9 @@ from .lake import Lake
 
 def shop(path: Path, rows: list[tuple[int, str, str]]) -> None:
     db = sqlite3.connect(path)
-    db.execute("CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, name TEXT, updated_at TIMESTAMP)")
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, name TEXT, updated_at TIMESTAMP)"
+    )
     db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?)", rows)
     db.commit()
     db.close()
@@ -40,7 +42,10 @@ def test_high_water_mark_with_ties_across_chunk_boundaries_skips_nothing(tmp_pat
     )
     (run,) = lake.run()
     assert run.commits == 4  # 3 + 3 + 3 + 1: each chunk committed with its position
-    shop(tmp_path / "db.sqlite", [(10, "n10", "2024-01-01 00:00:00"), (3, "n3-new", "2024-01-02 00:00:00")])
+    shop(
+        tmp_path / "db.sqlite",
+        [(10, "n10", "2024-01-01 00:00:00"), (3, "n3-new", "2024-01-02 00:00:00")],
+    )
     lake.run()
     ids = [r["id"] for r in lake.rows("bronze.items", "id", "updated_at")]
     assert ids == [0, 1, 2, 3, 3, 4, 5, 6, 7, 8, 9, 10]  # id 3 twice: its update, appended
@@ -70,11 +75,19 @@ def test_sqlite_types_map_to_delta_types(tmp_path: Path) -> None:
     db.execute(
         "CREATE TABLE t (id INTEGER, price DECIMAL(10,2), at DATETIME, day DATE, ok BOOLEAN, note TEXT, ratio REAL, raw BLOB)"
     )
-    db.execute("INSERT INTO t VALUES (1, '12.50', '2024-05-01T10:00:00+02:00', '2024-05-01', 1, NULL, 0.25, x'00ff')")
+    db.execute(
+        "INSERT INTO t VALUES (1, '12.50', '2024-05-01T10:00:00+02:00', '2024-05-01', 1, NULL, 0.25, x'00ff')"
+    )
     db.commit()
     db.close()
     lake = Lake(tmp_path)
-    lake.declare(lambda: table("bronze.t", source=sqlite("t.sqlite", "t", mode="full", tiebreak="id"), strategy="overwrite"))
+    lake.declare(
+        lambda: table(
+            "bronze.t",
+            source=sqlite("t.sqlite", "t", mode="full", tiebreak="id"),
+            strategy="overwrite",
+        )
+    )
     lake.run()
     (row,) = lake.rows("bronze.t", "id")
     assert row == {
@@ -95,7 +108,12 @@ def test_a_custom_query_is_a_source(tmp_path: Path) -> None:
     lake.declare(
         lambda: table(
             "bronze.q",
-            source=sqlite("db.sqlite", query="SELECT id, upper(name) AS name, updated_at FROM items", cursor="updated_at", tiebreak="id"),
+            source=sqlite(
+                "db.sqlite",
+                query="SELECT id, upper(name) AS name, updated_at FROM items",
+                cursor="updated_at",
+                tiebreak="id",
+            ),
             strategy="append",
         )
     )
@@ -105,7 +123,13 @@ def test_a_custom_query_is_a_source(tmp_path: Path) -> None:
 
 def test_a_missing_database_is_a_clear_error(tmp_path: Path) -> None:
     lake = Lake(tmp_path)
-    lake.declare(lambda: table("bronze.q", source=sqlite("nope.sqlite", "items", cursor="updated_at"), strategy="append"))
+    lake.declare(
+        lambda: table(
+            "bronze.q",
+            source=sqlite("nope.sqlite", "items", cursor="updated_at"),
+            strategy="append",
+        )
+    )
     (run,) = lake.run(check=False)
     assert run.status == "failed" and "nope.sqlite does not exist" in (run.error or "")
 
