@@ -22,9 +22,6 @@ from ..tables.delta import DeltaTarget
 from ..tables.strategies import StagedWrite
 from .position import META_KEY
 
-# Table properties of every table Headwater creates.
-TABLE_CONFIGURATION = {"delta.checkpointInterval": "100"}
-
 
 class ConflictRetry(Exception):
     """A concurrent commit won; the run must start again from the new state."""
@@ -44,6 +41,7 @@ class CommitRequest:
     description: str = ""
     full_refresh: bool = False
     max_retries: int = 15
+    checkpoint_interval: int = 100
 
     def metadata(self, staged: StagedWrite) -> dict[str, Any]:
         meta: dict[str, Any] = {
@@ -84,7 +82,7 @@ def commit(
                 partition_by=list(request.partition_by) or None,
                 name=request.table,
                 description=request.description or None,
-                configuration=TABLE_CONFIGURATION,
+                configuration={"delta.checkpointInterval": str(request.checkpoint_interval)},
                 storage_options=target.storage_options or None,
                 commit_properties=properties,
             )

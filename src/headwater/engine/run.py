@@ -354,6 +354,7 @@ class Runner:
             partition_by=spec.options.partition_by,
             description=spec.description,
             full_refresh=full_refresh,
+            checkpoint_interval=self.project.config.maintenance.checkpoint_interval,
         )
         try:
             commit(target, snapshot, staged, request)
