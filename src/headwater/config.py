@@ -39,9 +39,13 @@ class MetadataSection(_Section):
 class DefaultsSection(_Section):
     schema_policy: SchemaPolicy = "evolve"
     target_file_size: int = parse_size("128MB")
-    compression: Literal["zstd", "snappy", "gzip", "lz4", "none"] = "zstd"
+    # snappy, as Spark and delta-rs: merges re-encode whole files and snappy encodes
+    # fastest; zstd makes files about a third smaller for ~30% more write time.
+    compression: Literal["zstd", "snappy", "gzip", "lz4", "none"] = "snappy"
     commit_retries: int = Field(default=5, ge=0, le=100)
     chunk_rows: int = Field(default=500_000, ge=1)
+    # Memory DuckDB may use while writing a table; beyond it, it spills to disk.
+    memory_limit: str = "1GB"
     # How long a run waits for another Headwater writer of the same table.
     lock_timeout_seconds: float = Field(default=3600.0, gt=0)
 

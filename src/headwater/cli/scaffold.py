@@ -29,7 +29,7 @@ url = "sqlite:///.headwater/metadata.db"
 # What happens when incoming data has new or different columns: evolve | freeze | discard-columns
 schema_policy = "evolve"
 target_file_size = "128MB"
-compression = "zstd"
+compression = "snappy"
 
 [maintenance]
 # `headwater maintain` removes files unreferenced for longer than this (time travel reaches back as far).

@@ -479,6 +479,7 @@ class Runner:
             if spec.change_feed is not None
             else reads_changes(self.project.tables, spec.name),
             threads=self.threads,
+            memory_limit=self.defaults.memory_limit,
         )
         try:
             staged = strategy.stage_with_refresh(wctx, data)

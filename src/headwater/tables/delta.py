@@ -164,8 +164,11 @@ class DeltaTarget:
             expressions.append(expression)
         fs, root = self._fs
         filesystem = pafs.SubTreeFileSystem(root, fs) if root else fs
+        # No pre-buffering: files are streamed batch by batch, and pre-buffering
+        # holds a whole row group's bytes per column in memory.
         file_format = ds.ParquetFileFormat(
-            read_options=ds.ParquetReadOptions(coerce_int96_timestamp_unit="us")
+            read_options=ds.ParquetReadOptions(coerce_int96_timestamp_unit="us"),
+            default_fragment_scan_options=ds.ParquetFragmentScanOptions(pre_buffer=False),
         )
         return ds.FileSystemDataset.from_paths(
             [unquote(r["path"]) for r in rows],

@@ -7,6 +7,8 @@ the staged write together with the new source position in one Delta commit.
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -96,11 +98,15 @@ class WriteContext:
     run_ts: datetime
     run_id: str
     target_file_size: int = 128 << 20
-    compression: str = "zstd"
+    compression: str = "snappy"
     full_refresh: bool = False
     # Write change records for rewrites (someone reads this table's changes).
     record_changes: bool = True
     threads: int = 2
+    memory_limit: str = "1GB"
+    # Arrow tables visible by name to the connection and every cursor of it.
+    shared: dict[str, pa.Table] = field(default_factory=dict)
+    rows_considered: int = 0
     _con: duckdb.DuckDBPyConnection | None = None
 
     @property
@@ -135,13 +141,33 @@ class WriteContext:
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
         if self._con is None:
-            self._con = duckdb.connect(config={"threads": max(1, self.threads)})
+            self._con = duckdb.connect(
+                config={
+                    "threads": max(1, self.threads),
+                    # Beyond the limit DuckDB spills to disk instead of growing.
+                    "memory_limit": self.memory_limit,
+                    "temp_directory": os.path.join(tempfile.gettempdir(), "headwater-duckdb"),
+                }
+            )
         return self._con
+
+    def share(self, name: str, table: pa.Table) -> None:
+        """Make an Arrow table visible to SQL as `name`, here and in every cursor."""
+        self.shared[name] = table
+        self.con.register(name, table)
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A connection for another thread, seeing the same tables and shared data."""
+        cursor = self.con.cursor()
+        for name, table in self.shared.items():
+            cursor.register(name, table)
+        return cursor
 
     def close(self) -> None:
         if self._con is not None:
             self._con.close()
             self._con = None
+        self.shared.clear()
 
 
 def remove_action(row: dict[str, Any]) -> RemoveAction:
@@ -206,7 +232,7 @@ def start_run_info(ctx: WriteContext) -> None:
     """Bind the run's timestamp once; SQL refers to it as RUN_TS."""
     ctx.con.execute("SET TimeZone='UTC'")
     ctx.con.execute(
-        "CREATE OR REPLACE TEMP TABLE run_info AS SELECT CAST(? AS TIMESTAMPTZ) AS ts",
+        "CREATE OR REPLACE TABLE run_info AS SELECT CAST(? AS TIMESTAMPTZ) AS ts",
         [ctx.run_ts.isoformat()],
     )
 

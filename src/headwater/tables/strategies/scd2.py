@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from ..._sql import canonical_hash, cols, key_match, q, scalar
@@ -76,17 +77,20 @@ class Scd2(KeyedStrategy):
     def match_condition(self, ctx: WriteContext, alias: str) -> str:
         return f"coalesce({alias}.{q(ctx.options.is_current)}, FALSE)"
 
+    def match_mask(self, ctx: WriteContext, batch: pa.RecordBatch) -> pa.Array | None:
+        return pc.fill_null(batch.column(ctx.options.is_current), False)
+
     def plan(self, ctx: WriteContext) -> None:
         con, keys, o = ctx.con, ctx.options.keys, ctx.options
         k = cols(keys)
         con.execute(
-            f"CREATE OR REPLACE TEMP TABLE cur AS SELECT {cols(keys, 't')}, t.{q(o.row_hash)} AS __hw_h, "
+            f"CREATE OR REPLACE TABLE cur AS SELECT {cols(keys, 't')}, t.{q(o.row_hash)} AS __hw_h, "
             f"t.{q(o.valid_from)} AS __hw_cvf FROM located t"
         )
         # The effective versions per key, oldest first: newer than the current
         # version, and each different from its predecessor.
         con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE ev AS
+            f"""CREATE OR REPLACE TABLE ev AS
             WITH s AS (
                 SELECT s.*, c.__hw_h, c.__hw_cvf FROM src s LEFT JOIN cur c ON {key_match(keys, "s", "c")}
                 WHERE c.__hw_cvf IS NULL OR s.{VALID_FROM} > c.__hw_cvf
@@ -104,10 +108,10 @@ class Scd2(KeyedStrategy):
             WHERE ({DELETE} AND __hw_base IS NOT NULL) OR (NOT {DELETE} AND {HASH} IS DISTINCT FROM __hw_base)"""
         )
         con.execute(
-            f"CREATE OR REPLACE TEMP VIEW apply_keys AS SELECT {k}, min({VALID_FROM}) AS __hw_close_at "
+            f"CREATE OR REPLACE TABLE apply_keys AS SELECT {k}, min({VALID_FROM}) AS __hw_close_at "
             f"FROM ev WHERE __hw_h IS NOT NULL GROUP BY {k}"
         )
-        con.execute(f"CREATE OR REPLACE TEMP VIEW to_insert AS {self.inserts(ctx)}")
+        con.execute(f"CREATE OR REPLACE VIEW to_insert AS {self.inserts(ctx)}")
 
     def skipped(self, ctx: WriteContext) -> int:
         return int(scalar(ctx.con, "SELECT (SELECT count(*) FROM src) - (SELECT count(*) FROM ev)"))
