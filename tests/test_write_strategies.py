@@ -12,6 +12,7 @@ import pytest
 
 from headwater import table
 from headwater.errors import ConfigError
+from headwater.tables.strategies._keyed import KeyedStrategy
 
 from .lake import Feed, Lake, content
 
@@ -20,8 +21,12 @@ def ts(day: int, hour: int = 0) -> datetime:
     return datetime(2024, 1, day, hour, tzinfo=UTC)
 
 
-@pytest.fixture
-def lake(tmp_path: Path) -> Lake:
+@pytest.fixture(params=["duckdb", "arrow"])
+def lake(tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Lake:
+    """Every test runs with both ways of rewriting a touched file: DuckDB (local
+    tables) and streaming through Arrow (object stores, files of older schemas)."""
+    if request.param == "arrow":
+        monkeypatch.setattr(KeyedStrategy, "_duckdb_can_rewrite", lambda self, ctx, logged: False)
     return Lake(tmp_path)
 
 

@@ -166,12 +166,5 @@ def _concat(tables: list[pa.Table]) -> pa.Table:
     return pa.concat_tables(tables, promote_options="permissive")
 
 
-def files(
-    pattern: str,
-    *,
-    format: Format | None = None,
-    archive_to: str | None = None,
-    chunk_files: int = 1000,
-) -> FilesSource:
-    """New and modified files matching `pattern` (relative to the project), each loaded once."""
-    return FilesSource(pattern, format=format, archive_to=archive_to, chunk_files=chunk_files)
+# The name pipelines use: `files(...)` builds the connector.
+files = FilesSource

@@ -37,7 +37,5 @@ class MemorySource(Source):
         self.acknowledged.append(position)
 
 
-def memory(
-    batches: Sequence[pa.Table | list[dict[str, Any]]], name: str = "memory"
-) -> MemorySource:
-    return MemorySource(batches, name)
+# The name pipelines use: `memory(...)` builds the connector.
+memory = MemorySource

@@ -161,25 +161,5 @@ def _bindable(value: Any) -> Any:
     return value
 
 
-def sqlite(
-    path: str | Path,
-    table: str | None = None,
-    *,
-    query: str | None = None,
-    columns: Sequence[str] = (),
-    mode: Mode = "incremental",
-    cursor: str | None = None,
-    tiebreak: str | Sequence[str] | None = None,
-    chunk_rows: int | None = None,
-) -> SqliteSource:
-    """Read a SQLite table or query: `mode='incremental'` by `cursor` (+ `tiebreak`), or `mode='full'`."""
-    return SqliteSource(
-        path,
-        table,
-        query=query,
-        columns=columns,
-        mode=mode,
-        cursor=cursor,
-        tiebreak=tiebreak,
-        chunk_rows=chunk_rows,
-    )
+# The name pipelines use: `sqlite(...)` builds the connector.
+sqlite = SqliteSource

@@ -52,7 +52,7 @@ from .base import (
     start_run_info,
 )
 
-# Rows of key columns matched per hash lookup in the locate pass (bounds its memory).
+# Rows of key columns matched per semi-join in the locate pass (bounds its memory).
 LOCATE_GROUP_ROWS = 4 << 20
 # Rows per batch while a touched file is streamed into its replacement.
 REWRITE_BATCH = 1 << 16
@@ -185,7 +185,7 @@ class KeyedStrategy(WriteStrategy):
             con.unregister("incoming")
         del incoming  # `src` holds what is needed
         try:
-            return self._stage(ctx, columns)
+            return self._stage(ctx)
         finally:
             with contextlib.suppress(Exception):  # registered only once located
                 con.unregister("located")
@@ -193,7 +193,7 @@ class KeyedStrategy(WriteStrategy):
     def validate_increment_table(self, ctx: WriteContext, incoming: pa.Table) -> None:
         self._check_null_keys(ctx, incoming)
 
-    def _stage(self, ctx: WriteContext, columns: list[str]) -> StagedWrite:
+    def _stage(self, ctx: WriteContext) -> StagedWrite:
         con, keys = ctx.con, ctx.options.keys
         staged = StagedWrite(self.operation)
         staged.metrics["rows_in"] += ctx.rows_considered
@@ -545,12 +545,11 @@ class KeyedStrategy(WriteStrategy):
             DELETE: self.delete_expression(ctx, columns),
             KEEP: self.keep_expression(ctx, columns),
         }
-        # A projection over an Arrow scan keeps the input's row order.
-        added = con.sql(
-            ", ".join(f"{sql} AS {q(name)}" for name, sql in computed.items()).join(
-                ("SELECT ", " FROM incoming i")
-            )
-        ).to_arrow_table()
+        projection = ", ".join(f"{sql} AS {q(name)}" for name, sql in computed.items())
+        added = con.sql(f"SELECT i.{ARRIVAL}, {projection} FROM incoming i").to_arrow_table()
+        if not added.column(ARRIVAL).equals(incoming.column(ARRIVAL)):
+            # DuckDB keeps the input's order for a projection; should it not, realign.
+            added = added.sort_by(ARRIVAL)
         src = incoming
         for name in computed:
             src = src.append_column(name, added.column(name))

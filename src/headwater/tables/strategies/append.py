@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from .base import StagedWrite, WriteContext, WriteStrategy, stored_rows
+from .base import StagedWrite, WriteContext, WriteStrategy, write_rows
 
 
 class Append(WriteStrategy):
@@ -17,11 +17,4 @@ class Append(WriteStrategy):
     summary = "add every row"
 
     def stage(self, ctx: WriteContext, data: pa.RecordBatchReader) -> StagedWrite:
-        staged = StagedWrite("WRITE")
-        writer = ctx.new_writer()
-        for batch in stored_rows(ctx, data):
-            writer.write(batch)
-            staged.metrics["inserted"] += batch.num_rows
-        staged.metrics["rows_in"] += staged.metrics["inserted"]
-        staged.adds = writer.close()
-        return staged
+        return write_rows(ctx, data)

@@ -237,6 +237,20 @@ def start_run_info(ctx: WriteContext) -> None:
     )
 
 
+def write_rows(
+    ctx: WriteContext, data: pa.RecordBatchReader, operation: str = "WRITE"
+) -> StagedWrite:
+    """Write every stored row of `data` into new files (what non-keyed strategies add)."""
+    staged = StagedWrite(operation)
+    writer = ctx.new_writer()
+    for batch in stored_rows(ctx, data):
+        writer.write(batch)
+        staged.metrics["inserted"] += batch.num_rows
+    staged.metrics["rows_in"] += staged.metrics["inserted"]
+    staged.adds = writer.close()
+    return staged
+
+
 def stored_rows(ctx: WriteContext, data: pa.RecordBatchReader) -> Any:
     """Batches of the rows a non-keyed strategy stores: no pre-images or deletes, table columns only."""
     import pyarrow.compute as pc

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from .base import StagedWrite, WriteContext, WriteStrategy, remove_action, stored_rows
+from .base import StagedWrite, WriteContext, WriteStrategy, remove_action, write_rows
 
 
 class Overwrite(WriteStrategy):
@@ -13,13 +13,7 @@ class Overwrite(WriteStrategy):
     whole_run = True
 
     def stage(self, ctx: WriteContext, data: pa.RecordBatchReader) -> StagedWrite:
-        staged = StagedWrite("WRITE")
-        writer = ctx.new_writer()
-        for batch in stored_rows(ctx, data):
-            writer.write(batch)
-            staged.metrics["inserted"] += batch.num_rows
-        staged.metrics["rows_in"] += staged.metrics["inserted"]
-        staged.adds = writer.close()
+        staged = write_rows(ctx, data)
         staged.removes = [remove_action(r) for r in ctx.live_files().to_pylist()]
         staged.metrics["deleted_files"] += len(staged.removes)
         return staged

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from ..writer import partition_value_text
-from .base import StagedWrite, WriteContext, WriteStrategy, remove_action, stored_rows
+from .base import StagedWrite, WriteContext, WriteStrategy, remove_action, write_rows
 
 
 class ReplacePartition(WriteStrategy):
@@ -19,13 +19,7 @@ class ReplacePartition(WriteStrategy):
     requires_partitions = True
 
     def stage(self, ctx: WriteContext, data: pa.RecordBatchReader) -> StagedWrite:
-        staged = StagedWrite("WRITE")
-        writer = ctx.new_writer()
-        for batch in stored_rows(ctx, data):
-            writer.write(batch)
-            staged.metrics["inserted"] += batch.num_rows
-        staged.metrics["rows_in"] += staged.metrics["inserted"]
-        staged.adds = writer.close()
+        staged = write_rows(ctx, data)
         replaced = {_key(a.partition_values, ctx.partition_by) for a in staged.adds}
         for row in ctx.live_files().to_pylist():
             logged = {c: partition_value_text(row.get(f"partition.{c}")) for c in ctx.partition_by}
