@@ -59,7 +59,7 @@ REWRITE_BATCH = 1 << 16
 ARRIVAL = "__hw_arrival"
 KEEP = "__hw_keep"
 # Row group size of files DuckDB rewrites.
-DUCKDB_ROW_GROUP_ROWS = 1 << 18
+DUCKDB_ROW_GROUP_ROWS = 122_880
 _DUCKDB_CODECS = {
     "zstd": "COMPRESSION zstd, COMPRESSION_LEVEL 1",  # level 3, DuckDB's default, is ~25% slower
     "snappy": "COMPRESSION snappy",
@@ -173,6 +173,7 @@ class KeyedStrategy(WriteStrategy):
     def stage(self, ctx: WriteContext, data: pa.RecordBatchReader) -> StagedWrite:
         con = ctx.con
         incoming = data.read_all()
+        _release_memory()  # reading and conforming the increment leaves freed buffers behind
         incoming = incoming.append_column(ARRIVAL, pa.array(range(incoming.num_rows), pa.int64()))
         columns = incoming.schema.names
         self.validate_increment_table(ctx, incoming)
