@@ -44,6 +44,7 @@ from .context import RunContext
 from .failpoints import failpoint
 from .lock import table_lock
 from .position import CommittedState, find_commit_version, read_committed_state
+from .quarantine import quarantine_name, write_quarantine
 
 log = logging.getLogger("headwater.run")
 READ_BATCH = 1 << 17
@@ -263,10 +264,27 @@ class Runner:
         if staged.is_empty and snapshot is not None and not full_refresh and not advances:
             return False
         failpoint("after_stage")
+        self._quarantine(spec, batch, [i.rejected for i in increments.values()], run)
+        failpoint("after_quarantine")
         self._commit(
             spec, target, snapshot, staged, schema, new_positions, batch, run, full_refresh
         )
         return True
+
+    def _quarantine(
+        self, spec: TableSpec, batch: int, rejected: list[pa.Table | None], run: TableRun
+    ) -> None:
+        """Write the batch's rejected rows to the table's quarantine, before its commit."""
+        tables = [t for t in rejected if t is not None and t.num_rows]
+        if not tables:
+            return
+        rows = pa.concat_tables(tables, promote_options="permissive")
+        written = write_quarantine(self.project, spec.name, batch, self.run_id, self.run_ts, rows)
+        run.metrics["quarantined"] += rows.num_rows
+        if written:
+            self.progress(
+                spec.name, f"{written} row(s) quarantined in {quarantine_name(spec.name)}"
+            )
 
     def _write_whole_run(
         self,
@@ -287,9 +305,11 @@ class Runner:
         last: Increment | None = None
         snapshot = None
         schema = None
+        rejected: list[pa.Table | None] = []
         for increment in increments:
             failpoint("after_read")
             last = increment
+            rejected.append(increment.rejected)
             before = target.refresh().version
             con = duckdb.connect(config={"threads": self.threads})
             try:
@@ -323,6 +343,7 @@ class Runner:
             target.delete_files(total.written_paths())
             raise ConflictRetry("the table changed while the run was staged")
         failpoint("after_stage")
+        self._quarantine(spec, state.batch + 1, rejected, run)
         new_positions = {**positions, "source": last.position}
         self._commit(
             spec, target, snapshot, total, schema, new_positions, state.batch + 1, run, full_refresh

@@ -32,6 +32,9 @@ class Increment:
     # Commit the new position even when no row arrived (files consumed, offsets moved).
     advances: bool = True
     info: dict[str, Any] = field(default_factory=dict)
+    # Rows that could not be read (malformed lines...), for the table's quarantine:
+    # see headwater.engine.quarantine.rejected_rows.
+    rejected: pa.Table | None = None
 
     def reader(self) -> pa.RecordBatchReader:
         if isinstance(self.data, pa.Table):
