@@ -21,6 +21,7 @@ from rich.text import Text
 from rich.traceback import Traceback
 
 from .. import __version__
+from ..engine.run import TableRun
 from ..errors import ConfigError, HeadwaterError
 from ..project import Project
 from . import render
@@ -138,15 +139,62 @@ def run(
         bool,
         typer.Option("--full-refresh", help="Rebuild from the inputs instead of incrementally."),
     ] = False,
+    continuous: Annotated[
+        bool,
+        typer.Option("--continuous", help="Keep running on the trigger interval until stopped."),
+    ] = False,
+    trigger: Annotated[
+        str, typer.Option("--trigger", help="Interval between continuous runs, e.g. 1s, 5m.")
+    ] = "1s",
+    cycles: Annotated[
+        int | None, typer.Option("--cycles", min=1, help="Stop after this many continuous runs.")
+    ] = None,
 ) -> None:
-    """Bring tables up to date with their inputs."""
+    """Bring tables up to date with their inputs (once, or continuously)."""
     from .progress import current_versions, run_with_progress
 
     project = _load()
+    if continuous:
+        if full_refresh:
+            raise ConfigError(
+                "--full-refresh and --continuous do not go together", "run the refresh once first"
+            )
+        _run_continuously(project, tables, trigger, cycles)
+        return
     results = run_with_progress(project, tables, render.err(), full_refresh=full_refresh)
     render.out().print(render.run_summary(results, current_versions(project, results)))
     render.run_failures(results, debug=OPTIONS.debug)
     if any(r.status in render.FAILED for r in results):
+        raise typer.Exit(1)
+
+
+def _run_continuously(
+    project: Project, tables: list[str] | None, trigger: str, cycles: int | None
+) -> None:
+    from .._units import parse_duration
+    from ..engine.continuous import run_continuously
+
+    interval = parse_duration(trigger, "--trigger").total_seconds()
+    err = render.err()
+    err.print(
+        f"running {', '.join(tables) if tables else 'all tables'} every {trigger}; Ctrl-C stops"
+    )
+    failures = 0
+
+    def report(cycle: int, results: list[TableRun]) -> None:
+        nonlocal failures
+        for r in results:
+            if r.status == "committed":
+                rows = r.metrics.get("rows_in", 0)
+                err.print(
+                    f"cycle {cycle}: {r.table} committed version {r.version} ({rows:,} rows in)"
+                )
+            elif r.status in render.FAILED:
+                failures += 1
+                err.print(f"cycle {cycle}: {r.table} failed: {r.error}")
+
+    run_continuously(project, tables, trigger_seconds=interval, cycles=cycles, on_cycle=report)
+    if failures and cycles is not None:
         raise typer.Exit(1)
 
 
