@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -13,6 +14,7 @@ from ._units import parse_duration, parse_size
 from .errors import ConfigError
 
 CONFIG_FILE = "headwater.toml"
+SECRETS_FILE = ".headwater/secrets.toml"
 SchemaPolicy = Literal["evolve", "freeze", "discard-columns"]
 
 
@@ -81,6 +83,39 @@ class ProjectConfig(_Section):
     metadata: MetadataSection = MetadataSection()
     defaults: DefaultsSection = DefaultsSection()
     maintenance: MaintenanceSection = MaintenanceSection()
+    # Named connection settings for sources: [connections.shop] host = ..., password_env = ...
+    connections: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Secrets read from SECRETS_FILE (never from headwater.toml); merged into connections.
+    secrets: dict[str, dict[str, Any]] = Field(default_factory=dict, exclude=True)
+
+    def connection(self, name: str) -> dict[str, Any]:
+        """Settings of connection `name`, with secrets resolved.
+
+        A key ending in `_env` names an environment variable holding the value of
+        the key without the suffix (`password_env = "SHOP_PASSWORD"`); `${VAR}` in a
+        value is replaced by that variable; values in the secrets file fill in the rest.
+        """
+        if name not in self.connections and name not in self.secrets:
+            known = ", ".join(sorted(self.connections)) or "none"
+            raise ConfigError(
+                f"no connection named {name!r} in {CONFIG_FILE}",
+                f"add a [connections.{name}] section (connections: {known})",
+            )
+        settings: dict[str, Any] = {}
+        for key, value in {**self.connections.get(name, {}), **self.secrets.get(name, {})}.items():
+            if key.endswith("_env"):
+                variable = str(value)
+                if variable not in os.environ:
+                    raise ConfigError(
+                        f"connection {name!r}: {key[:-4]} comes from environment variable {variable}, which is not set",
+                        f"export {variable}=... before running",
+                    )
+                settings[key[:-4]] = os.environ[variable]
+            elif isinstance(value, str) and "${" in value:
+                settings[key] = _interpolate(value, f"connection {name!r}: {key}")
+            else:
+                settings[key] = value
+        return settings
 
     def warehouse_uri(self, root: Path) -> str:
         path = self.warehouse.path
@@ -101,11 +136,42 @@ class ProjectConfig(_Section):
         return options
 
 
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _interpolate(value: str, what: str) -> str:
+    def replace(match: re.Match[str]) -> str:
+        variable = match.group(1)
+        if variable not in os.environ:
+            raise ConfigError(
+                f"{what} uses environment variable {variable}, which is not set",
+                f"export {variable}=...",
+            )
+        return os.environ[variable]
+
+    return _VARIABLE.sub(replace, value)
+
+
+def load_secrets(root: Path) -> dict[str, dict[str, Any]]:
+    """`.headwater/secrets.toml` (or $HEADWATER_SECRETS_FILE): [connections.NAME] secrets."""
+    path = Path(os.environ.get("HEADWATER_SECRETS_FILE", root / SECRETS_FILE))
+    if not path.exists():
+        return {}
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None  # no secret in the message
+    connections = raw.get("connections", {})
+    if not isinstance(connections, dict):
+        raise ConfigError(f"{path}: [connections.NAME] sections expected")
+    return {str(k): dict(v) for k, v in connections.items() if isinstance(v, dict)}
+
+
 def load_config(root: Path) -> ProjectConfig:
     """Read `headwater.toml` in `root`; a missing file means all defaults."""
     path = root / CONFIG_FILE
     if not path.exists():
-        return ProjectConfig()
+        return ProjectConfig(secrets=load_secrets(root))
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
@@ -113,7 +179,7 @@ def load_config(root: Path) -> ProjectConfig:
             f"{path}: not valid TOML: {exc}", "fix the syntax at the position shown"
         ) from exc
     try:
-        return ProjectConfig.model_validate(raw)
+        return ProjectConfig.model_validate({**raw, "secrets": load_secrets(root)})
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])

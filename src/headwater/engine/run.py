@@ -174,6 +174,7 @@ class Runner:
             self.defaults.chunk_rows,
             full_refresh,
             resolve=self.project.target,
+            config=self.project.config,
         )
         strategy = get_strategy(spec.strategy)
         source = spec.source

@@ -17,7 +17,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
 
+from ..errors import HeadwaterError
+
 if TYPE_CHECKING:
+    from ..config import ProjectConfig
     from ..tables.delta import DeltaTarget
 
 Position = Any  # JSON-serialisable
@@ -52,6 +55,15 @@ class ReadContext:
     chunk_rows: int = 500_000
     full_refresh: bool = False
     resolve: Callable[[str], DeltaTarget] | None = None
+    config: ProjectConfig | None = None
+
+    def connection(self, name: str) -> dict[str, Any]:
+        """Settings of connection `name` from the project (secrets resolved)."""
+        if self.config is None:
+            raise HeadwaterError(
+                f"table {self.table}: connection {name!r} needs a project configuration"
+            )
+        return self.config.connection(name)
 
 
 class Source(ABC):
