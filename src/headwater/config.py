@@ -46,6 +46,8 @@ class DefaultsSection(_Section):
     compression: Literal["zstd", "snappy", "gzip", "lz4", "none"] = "snappy"
     commit_retries: int = Field(default=5, ge=0, le=100)
     chunk_rows: int = Field(default=500_000, ge=1)
+    # Tables of independent branches run side by side, this many at a time.
+    parallel_tables: int = Field(default=2, ge=1, le=64)
     # Memory DuckDB may use while writing a table; beyond it, it spills to disk.
     memory_limit: str = "1GB"
     # How long a run waits for another Headwater writer of the same table.

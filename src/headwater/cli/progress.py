@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import threading
 from types import TracebackType
 
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from ..engine.run import Runner, TableRun
+from ..engine.run import FINISHED, Runner, TableRun
 from ..project import Project
 
 
 class RunProgress:
     """One line per table: a spinner while it works, then its last step.
 
-    The runner builds tables one after another, so the first message of a
-    table means the one before it is done. On a terminal the lines are live
+    Tables of independent branches run side by side, so each table has its own
+    line until the runner reports it finished. On a terminal the lines are live
     and vanish once the summary is printed; piped, each step is one log line.
     """
 
@@ -32,7 +33,7 @@ class RunProgress:
             transient=True,
         )
         self._tasks: dict[str, TaskID] = {}
-        self._current: str | None = None
+        self._lock = threading.Lock()  # tables report from their own threads
 
     def __enter__(self) -> RunProgress:
         if self.live:
@@ -49,19 +50,21 @@ class RunProgress:
             self._progress.stop()
 
     def __call__(self, table: str, message: str) -> None:
-        if not self.live:
-            self.console.print(Text.assemble((table, "bold"), f": {message}"), soft_wrap=True)
-            return
-        if table != self._current:
-            self._finish_current()
-            self._current = table
-            self._tasks[table] = self._progress.add_task(message, total=1, table=table)
-        else:
-            self._progress.update(self._tasks[table], description=message)
-
-    def _finish_current(self) -> None:
-        if self._current is not None:
-            self._progress.update(self._tasks[self._current], completed=1)
+        with self._lock:
+            if not self.live:
+                if message != FINISHED:
+                    self.console.print(
+                        Text.assemble((table, "bold"), f": {message}"), soft_wrap=True
+                    )
+                return
+            task = self._tasks.get(table)
+            if message == FINISHED:
+                if task is not None:
+                    self._progress.update(task, completed=1)
+            elif task is None:
+                self._tasks[table] = self._progress.add_task(message, total=1, table=table)
+            else:
+                self._progress.update(task, description=message)
 
 
 def run_with_progress(

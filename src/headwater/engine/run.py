@@ -21,6 +21,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -38,7 +39,7 @@ from ..tables.delta import DeltaTarget
 from ..tables.delta_types import conform_batch, to_delta_schema
 from ..tables.schema_policy import SchemaPlan, plan_schema
 from ..tables.strategies import StagedWrite, WriteContext, WriteStrategy, get_strategy
-from ..transform.graph import downstream_of, reads_changes
+from ..transform.graph import reads_changes
 from .commit import CommitRequest, ConflictRetry, carry_forward, commit
 from .context import RunContext
 from .failpoints import failpoint
@@ -49,6 +50,8 @@ from .quarantine import quarantine_name, write_quarantine
 log = logging.getLogger("headwater.run")
 READ_BATCH = 1 << 17
 Progress = Callable[[str, str], None]
+# The last progress message of every table run.
+FINISHED = "finished"
 
 
 @dataclass
@@ -90,32 +93,52 @@ class Runner:
         self.progress = progress or (lambda table, message: None)
         self.threads = threads or max(1, os.cpu_count() or 1)
         self.defaults = project.config.defaults
+        self.parallel_tables = self.defaults.parallel_tables
 
     # -- many tables ----------------------------------------------------------
     def run(self, names: Iterable[str] | None = None) -> list[TableRun]:
+        """Run tables in dependency order, independent branches side by side.
+
+        A table starts once every upstream table in the selection has finished;
+        downstream of a failure is marked "upstream-failed" and not run.
+        """
         order = self.project.order(list(names) if names else None)
+        selected = set(order)
+        upstream = {
+            n: [u for u in self.project.spec(n).upstream_tables() if u in selected] for n in order
+        }
+        results: dict[str, TableRun] = {}
         failed: set[str] = set()
-        results = []
-        for name in order:
-            spec = self.project.spec(name)
-            blocked = [u for u in spec.upstream_tables() if u in failed]
-            if blocked:
-                results.append(
-                    TableRun(
-                        name,
-                        self.run_id,
-                        "upstream-failed",
-                        error=f"upstream {', '.join(blocked)} failed",
-                    )
-                )
-                failed.add(name)
-                continue
-            result = self.run_table(name)
-            results.append(result)
-            if result.status == "failed":
-                failed.add(name)
-                failed.update(downstream_of(self.project.tables, name))
-        return results
+        pending = list(order)
+        running: dict[Future[TableRun], str] = {}
+        with ThreadPoolExecutor(
+            max(1, self.parallel_tables), thread_name_prefix="headwater-table"
+        ) as pool:
+            while pending or running:
+                for name in [n for n in pending if all(u in results for u in upstream[n])]:
+                    if len(running) >= self.parallel_tables:
+                        break
+                    pending.remove(name)
+                    blocked = [u for u in upstream[name] if u in failed]
+                    if blocked:
+                        results[name] = TableRun(
+                            name,
+                            self.run_id,
+                            "upstream-failed",
+                            error=f"upstream {', '.join(blocked)} failed",
+                        )
+                        failed.add(name)
+                        continue
+                    running[pool.submit(self.run_table, name)] = name
+                if not running:
+                    continue  # everything ready was blocked; look at the next tables
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    name = running.pop(future)
+                    results[name] = future.result()
+                    if results[name].status == "failed":
+                        failed.add(name)
+        return [results[n] for n in order]
 
     # -- one table ------------------------------------------------------------
     def run_table(self, name: str) -> TableRun:
@@ -159,6 +182,7 @@ class Runner:
         run.seconds = time.monotonic() - started
         if run.status != "failed":
             run.status = "committed" if run.commits else "up-to-date"
+        self.progress(name, FINISHED)
         return run
 
     def _attempt(self, spec: TableSpec, run: TableRun) -> None:
