@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from ._units import parse_size
 from .errors import ConfigError
+from .quality.gate import Gate
 from .sources.base import Source
 from .sources.upstream import Upstream
 from .tables.schema_policy import POLICIES
@@ -63,6 +64,10 @@ class TableSpec:
     zorder_by: tuple[str, ...] = ()
     defined_at: str = ""
     parameters: list[str] = field(default_factory=list)
+    # Checks guarding publication: a data contract file, or any object with the
+    # quality.Gate methods (write-audit-publish).
+    contract: str | None = None
+    gate: Gate | None = None
 
     @property
     def layer(self) -> str:
@@ -162,6 +167,8 @@ def table(
     target_file_size: str | int | None = None,
     compression: str | None = None,
     zorder_by: Sequence[str] = (),
+    contract: str | None = None,
+    gate: Gate | None = None,
 ) -> _Declaration:
     """Declare a table. See the module docstring and docs/tables.md for every option."""
     frame = inspect.stack()[1]
@@ -255,6 +262,8 @@ def table(
         compression=compression,
         zorder_by=tuple(zorder_by),
         defined_at=defined_at,
+        contract=contract,
+        gate=gate,
     )
     collector = _collector.get()
     (collector if collector is not None else _declared).append(spec)

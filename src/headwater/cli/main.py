@@ -149,6 +149,13 @@ def run(
     cycles: Annotated[
         int | None, typer.Option("--cycles", min=1, help="Stop after this many continuous runs.")
     ] = None,
+    start: Annotated[
+        str | None,
+        typer.Option(
+            "--start", help="Rebuild an interval of event time from here (a date or time)."
+        ),
+    ] = None,
+    end: Annotated[str | None, typer.Option("--end", help="... up to here (exclusive).")] = None,
 ) -> None:
     """Bring tables up to date with their inputs (once, or continuously)."""
     from .progress import current_versions, run_with_progress
@@ -161,7 +168,19 @@ def run(
             )
         _run_continuously(project, tables, trigger, cycles)
         return
-    results = run_with_progress(project, tables, render.err(), full_refresh=full_refresh)
+    interval = None
+    if start is not None or end is not None:
+        from ..engine.interval import Interval
+
+        if start is None or end is None or not tables:
+            raise ConfigError(
+                "an interval run needs --start, --end and the tables to rebuild",
+                "e.g. headwater run gold.daily_revenue --start 2024-05-01 --end 2024-05-08",
+            )
+        interval = Interval.of(start, end)
+    results = run_with_progress(
+        project, tables, render.err(), full_refresh=full_refresh, interval=interval
+    )
     render.out().print(render.run_summary(results, current_versions(project, results)))
     render.run_failures(results, debug=OPTIONS.debug)
     if any(r.status in render.FAILED for r in results):

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
+from ..engine.interval import Interval
 from ..engine.run import FINISHED, Runner, TableRun
 from ..project import Project
 
@@ -73,9 +74,10 @@ def run_with_progress(
     console: Console,
     *,
     full_refresh: bool = False,
+    interval: Interval | None = None,
 ) -> list[TableRun]:
     with RunProgress(console) as progress:
-        runner = Runner(project, full_refresh=full_refresh, progress=progress)
+        runner = Runner(project, full_refresh=full_refresh, progress=progress, interval=interval)
         return runner.run(tables or None)
 
 

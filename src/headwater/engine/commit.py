@@ -42,6 +42,7 @@ class CommitRequest:
     full_refresh: bool = False
     max_retries: int = 15
     checkpoint_interval: int = 100
+    interval: list[str] | None = None  # [start, end) of an interval run
 
     def metadata(self, staged: StagedWrite) -> dict[str, Any]:
         meta: dict[str, Any] = {
@@ -58,6 +59,8 @@ class CommitRequest:
             meta["change_files"] = staged.change_files
         if self.full_refresh:
             meta["full_refresh"] = True
+        if self.interval:
+            meta["interval"] = self.interval
         return {META_KEY: meta}
 
 

@@ -11,6 +11,7 @@ import duckdb
 
 if TYPE_CHECKING:
     from ..project import Project
+    from .interval import Interval
 
 
 @dataclass
@@ -24,6 +25,8 @@ class RunContext:
     con: duckdb.DuckDBPyConnection
     project: Project | None = None
     inputs: dict[str, duckdb.DuckDBPyRelation] = field(default_factory=dict)
+    # Set when the run rebuilds an interval of event time ([start, end), UTC).
+    interval: Interval | None = None
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("headwater.run"))
 
     def sql(self, query: str, params: list[Any] | None = None) -> duckdb.DuckDBPyRelation:

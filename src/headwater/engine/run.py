@@ -28,21 +28,28 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from deltalake import write_deltalake
 
 from ..declare import TableSpec
-from ..errors import CommitConflict, ConfigError, HeadwaterError
+from ..errors import CommitConflict, ConfigError, DataQualityError, HeadwaterError, failure_kind
 from ..project import Project
+from ..quality.audit import record as record_checks
+from ..quality.gate import CheckResult, Gate
+from ..quality.gates import gate_for
 from ..sources.base import Increment, ReadContext
+from ..sources.upstream import Upstream
 from ..tables.delta import DeltaTarget
 from ..tables.delta_types import conform_batch, to_delta_schema
 from ..tables.schema_policy import SchemaPlan, plan_schema
 from ..tables.strategies import StagedWrite, WriteContext, WriteStrategy, get_strategy
+from ..tables.strategies.base import CHANGE_TYPE
 from ..transform.graph import reads_changes
 from .commit import CommitRequest, ConflictRetry, carry_forward, commit
 from .context import RunContext
 from .failpoints import failpoint
+from .interval import Interval
 from .lock import table_lock
 from .position import CommittedState, find_commit_version, read_committed_state
 from .quarantine import quarantine_name, write_quarantine
@@ -68,6 +75,60 @@ class TableRun:
     error: str | None = None
     hint: str | None = None
     exception: BaseException | None = None
+    # transient | upstream-not-ready | data-quality | fatal (errors.failure_kind)
+    failure: str | None = None
+    positions: dict[str, Any] = field(default_factory=dict)  # committed after the run
+
+
+@dataclass
+class Stage:
+    """A staged write and what the run learned while staging it."""
+
+    staged: StagedWrite
+    schema: pa.Schema
+    snapshot: Any  # the DeltaTable the write builds on (None: new table)
+    rejected: pa.Table | None = None  # rows routed to quarantine by row checks
+    checks: list[tuple[str, CheckResult]] = field(default_factory=list)
+    gate: Gate | None = None
+    increment: pa.Table | None = None  # the checked increment (kept only when checks run)
+
+    def absorb(self, later: Stage) -> Stage:
+        """Fold the next chunk of a whole-run write into this one."""
+        seen = {r.path for r in self.staged.removes}
+        self.staged.adds += later.staged.adds
+        self.staged.change_files += later.staged.change_files
+        self.staged.removes += [r for r in later.staged.removes if r.path not in seen]
+        self.staged.metrics.update(later.staged.metrics)
+        self.schema, self.snapshot = later.schema, later.snapshot
+        self.checks += later.checks
+        if later.increment is not None:
+            self.increment = (
+                later.increment
+                if self.increment is None
+                else pa.concat_tables([self.increment, later.increment])
+            )
+        return self
+
+
+def _stored_rows_mask(increment: pa.Table) -> pa.ChunkedArray | pa.Array:
+    """Rows the table will store (a change feed's deletes and pre-images are not checked)."""
+    if CHANGE_TYPE not in increment.schema.names:
+        return pa.repeat(pa.scalar(True), increment.num_rows)
+    kind = increment.column(CHANGE_TYPE)
+    return pc.fill_null(pc.invert(pc.is_in(kind, pa.array(["update_preimage", "delete"]))), True)
+
+
+def _quality_failure(table: str, blocking: list[CheckResult]) -> DataQualityError:
+    described = "; ".join(
+        f"{r.check}"
+        + (f" ({r.failing_rows} rows)" if r.failing_rows else "")
+        + (f": {r.message}" if r.message else "")
+        for r in blocking[:5]
+    )
+    return DataQualityError(
+        f"table {table}: {len(blocking)} check(s) failed, nothing was published: {described}",
+        "see audit.check_results; fix the data or the contract, then run again",
+    )
 
 
 def new_run_id(now: datetime) -> str:
@@ -85,9 +146,14 @@ class Runner:
         run_ts: datetime | None = None,
         progress: Progress | None = None,
         threads: int | None = None,
+        interval: Interval | None = None,
     ) -> None:
         self.project = project
         self.full_refresh = full_refresh
+        # Rebuild this interval of event time instead of reading what is new.
+        self.interval = interval
+        if interval is not None and full_refresh:
+            raise ConfigError("an interval run and a full refresh do not go together")
         self.run_ts = (run_ts or datetime.now(UTC)).astimezone(UTC)
         self.run_id = new_run_id(self.run_ts)
         self.progress = progress or (lambda table, message: None)
@@ -180,6 +246,8 @@ class Runner:
                 exc,
             )
         run.seconds = time.monotonic() - started
+        if run.exception is not None:
+            run.failure = failure_kind(run.exception)
         if run.status != "failed":
             run.status = "committed" if run.commits else "up-to-date"
         self.progress(name, FINISHED)
@@ -199,8 +267,12 @@ class Runner:
             full_refresh,
             resolve=self.project.target,
             config=self.project.config,
+            interval=self.interval,
         )
         strategy = get_strategy(spec.strategy)
+        if self.interval is not None:
+            self._attempt_interval(spec, target, strategy, state, positions, run, read_ctx)
+            return
         source = spec.source
         self.progress(spec.name, "reading")
         if source is not None:
@@ -262,6 +334,57 @@ class Runner:
             full_refresh,
         )
 
+    def _attempt_interval(
+        self,
+        spec: TableSpec,
+        target: DeltaTarget,
+        strategy: WriteStrategy,
+        state: CommittedState,
+        positions: dict[str, Any],
+        run: TableRun,
+        read_ctx: ReadContext,
+    ) -> None:
+        """Rebuild one interval: inputs are read whole (the transform keeps the
+        interval's rows), and the table's incremental positions do not move."""
+        source = spec.source
+        if source is not None:
+            if not source.reads_intervals:
+                raise ConfigError(
+                    f"table {spec.name}: its source ({source.describe()}) cannot re-read an interval",
+                    "re-run the tables downstream of it for the interval, or use --full-refresh",
+                )
+            # The interval is rebuilt by one write, whatever chunks the source reads it in.
+            chunks = list(source.read(positions.get("source"), read_ctx))
+            if not chunks:
+                return
+            rows = pa.concat_tables(
+                [_as_reader(c.data).read_all() for c in chunks], promote_options="permissive"
+            )
+            increments = {"source": Increment(rows, positions.get("source"), advances=False)}
+        else:
+            increments = {}
+            for alias, upstream in spec.inputs.items():
+                assert isinstance(upstream, Upstream)
+                increments[alias] = Increment(
+                    self.project.target(upstream.table).dataset(),
+                    positions.get(alias),
+                    advances=False,
+                )
+        if not increments:
+            return
+        self._write(
+            spec,
+            target,
+            strategy,
+            increments,
+            state,
+            positions,
+            dict(positions),
+            state.batch + 1,
+            run,
+            False,
+        )
+
     # -- writing ----------------------------------------------------------------
     def _write(
         self,
@@ -280,20 +403,24 @@ class Runner:
         try:
             reader = self._transform(spec, con, increments, full_refresh)
             self.progress(spec.name, "writing")
-            staged, schema, snapshot = self._stage(
-                spec, target, strategy, reader, full_refresh, run
-            )
+            stage = self._stage(spec, target, strategy, reader, full_refresh, run)
+            staged, schema, snapshot = stage.staged, stage.schema, stage.snapshot
+
         finally:
             con.close()
         advances = any(i.advances for i in increments.values()) and new_positions != old_positions
         if staged.is_empty and snapshot is not None and not full_refresh and not advances:
             return False
+        self._check_table(spec, target, stage)
         failpoint("after_stage")
-        self._quarantine(spec, batch, [i.rejected for i in increments.values()], run)
+        self._quarantine(
+            spec, batch, [*[i.rejected for i in increments.values()], stage.rejected], run
+        )
         failpoint("after_quarantine")
         self._commit(
             spec, target, snapshot, staged, schema, new_positions, batch, run, full_refresh
         )
+        self._audit(spec, stage.checks, published=True)
         return True
 
     def _quarantine(
@@ -324,12 +451,10 @@ class Runner:
         read_ctx: ReadContext,
     ) -> None:
         """Stage every chunk of the run, then publish them in one commit."""
-        total: StagedWrite | None = None
+        total: Stage | None = None
         first_version: int | None = None
         schema_commits = 0
         last: Increment | None = None
-        snapshot = None
-        schema = None
         rejected: list[pa.Table | None] = []
         for increment in increments:
             failpoint("after_read")
@@ -339,40 +464,42 @@ class Runner:
             con = duckdb.connect(config={"threads": self.threads})
             try:
                 reader = self._transform(spec, con, {"source": increment}, full_refresh)
-                staged, schema, snapshot = self._stage(
-                    spec, target, strategy, reader, full_refresh, run
-                )
+                stage = self._stage(spec, target, strategy, reader, full_refresh, run)
             finally:
                 con.close()
-            after = None if snapshot is None else snapshot.version()
+            after = None if stage.snapshot is None else stage.snapshot.version()
             if first_version is None:
                 first_version = before
             elif before is not None and after is not None:
                 schema_commits += after - before
-            if total is None:
-                total = staged
-            else:
-                seen = {r.path for r in total.removes}
-                total.adds += staged.adds
-                total.change_files += staged.change_files
-                total.removes += [r for r in staged.removes if r.path not in seen]
-                total.metrics.update(staged.metrics)
-        if total is None or last is None or schema is None:
+            rejected.append(stage.rejected)
+            total = stage if total is None else total.absorb(stage)
+        if total is None or last is None:
             return
-        current = None if snapshot is None else snapshot.version()
+        current = None if total.snapshot is None else total.snapshot.version()
         if (
             first_version is not None
             and current is not None
             and current - first_version != schema_commits
         ):
-            target.delete_files(total.written_paths())
+            target.delete_files(total.staged.written_paths())
             raise ConflictRetry("the table changed while the run was staged")
+        self._check_table(spec, target, total)
         failpoint("after_stage")
         self._quarantine(spec, state.batch + 1, rejected, run)
         new_positions = {**positions, "source": last.position}
         self._commit(
-            spec, target, snapshot, total, schema, new_positions, state.batch + 1, run, full_refresh
+            spec,
+            target,
+            total.snapshot,
+            total.staged,
+            total.schema,
+            new_positions,
+            state.batch + 1,
+            run,
+            full_refresh,
         )
+        self._audit(spec, total.checks, published=True)
         assert spec.source is not None
         spec.source.acknowledge(last.position, read_ctx)
 
@@ -401,6 +528,7 @@ class Runner:
             description=spec.description,
             full_refresh=full_refresh,
             checkpoint_interval=self.project.config.maintenance.checkpoint_interval,
+            interval=self.interval.as_json() if self.interval is not None else None,
         )
         try:
             commit(target, snapshot, staged, request)
@@ -409,6 +537,7 @@ class Runner:
             raise
         failpoint("after_commit")
         run.commits += 1
+        run.positions = positions
         run.metrics.update(staged.metrics)
         run.version = find_commit_version(target, spec.app_id, batch, self.run_id)
         self.progress(spec.name, f"committed version {run.version}")
@@ -428,7 +557,25 @@ class Runner:
                 )
             (only,) = increments.values()
             return _as_reader(only.data)
-        ctx = RunContext(spec.name, self.run_id, self.run_ts, full_refresh, con, self.project)
+        ctx = RunContext(
+            spec.name,
+            self.run_id,
+            self.run_ts,
+            full_refresh,
+            con,
+            self.project,
+            interval=self.interval,
+        )
+        if self.interval is not None:
+            # SQL sees the interval as getvariable('interval_start') / getvariable('interval_end').
+            con.execute(
+                "SET VARIABLE interval_start = CAST(? AS TIMESTAMPTZ)",
+                [self.interval.start.isoformat()],
+            )
+            con.execute(
+                "SET VARIABLE interval_end = CAST(? AS TIMESTAMPTZ)",
+                [self.interval.end.isoformat()],
+            )
         for alias, increment in increments.items():
             data = increment.data
             if isinstance(data, pa.RecordBatchReader):
@@ -485,7 +632,7 @@ class Runner:
         reader: pa.RecordBatchReader,
         full_refresh: bool,
         run: TableRun,
-    ) -> tuple[StagedWrite, pa.Schema, Any]:
+    ) -> Stage:
         managed = strategy.managed_columns(spec.options, reader.schema)
         control = strategy.control_columns(spec.options)
         # Even a full refresh keeps the table's columns: readers may depend on them,
@@ -510,6 +657,13 @@ class Runner:
                 yield conform_batch(batch, conformed_schema, spec.name)
 
         data = pa.RecordBatchReader.from_batches(conformed_schema, conformed())
+        gate = gate_for(spec, self.project)
+        checks: list[tuple[str, CheckResult]] = []
+        rejected: pa.Table | None = None
+        increment: pa.Table | None = None
+        if gate is not None:
+            data, increment, rejected, row_results = self._check_rows(spec, gate, data)
+            checks += [("rows", r) for r in row_results]
         wctx = WriteContext(
             table=spec.name,
             target=target,
@@ -526,12 +680,57 @@ class Runner:
             else reads_changes(self.project.tables, spec.name),
             threads=self.threads,
             memory_limit=self.defaults.memory_limit,
+            interval=self.interval,
         )
         try:
             staged = strategy.stage_with_refresh(wctx, data)
         finally:
             wctx.close()
-        return staged, plan.table_schema, snapshot
+        return Stage(staged, plan.table_schema, snapshot, rejected, checks, gate, increment)
+
+    def _check_rows(
+        self, spec: TableSpec, gate: Gate, data: pa.RecordBatchReader
+    ) -> tuple[pa.RecordBatchReader, pa.Table, pa.Table | None, list[CheckResult]]:
+        """Row-level checks: failing rows go to quarantine, or an error blocks the batch."""
+        increment = data.read_all()
+        checked_mask = _stored_rows_mask(increment)
+        outcome = gate.check_rows(increment.filter(checked_mask))
+        blocking = [r for r in outcome.results if r.blocks]
+        if blocking:
+            self._audit(spec, [("rows", r) for r in outcome.results], published=False)
+            raise _quality_failure(spec.name, blocking)
+        # Deletes and pre-images of a change feed are not checked; they stay as they are.
+        passed = pa.concat_tables(
+            [
+                outcome.good.select(increment.schema.names).cast(increment.schema),
+                increment.filter(pc.invert(checked_mask)),
+            ]
+        )
+        reader = pa.RecordBatchReader.from_batches(
+            passed.schema, passed.to_batches(max_chunksize=READ_BATCH)
+        )
+        return reader, passed, outcome.rejected, outcome.results
+
+    def _check_table(self, spec: TableSpec, target: DeltaTarget, stage: Stage) -> None:
+        """Table-level checks on the table as it would be; an error deletes the staged files."""
+        if stage.gate is None:
+            return
+        would_be = target.dataset_after(
+            stage.snapshot, stage.schema, stage.staged.adds, stage.staged.removes
+        )
+        increment = stage.increment if stage.increment is not None else stage.schema.empty_table()
+        results = stage.gate.check_table(would_be, increment)
+        stage.checks += [("table", r) for r in results]
+        blocking = [r for r in results if r.blocks]
+        if blocking:
+            target.delete_files(stage.staged.written_paths())
+            self._audit(spec, stage.checks, published=False)
+            raise _quality_failure(spec.name, blocking)
+
+    def _audit(
+        self, spec: TableSpec, checks: list[tuple[str, CheckResult]], published: bool
+    ) -> None:
+        record_checks(self.project, spec.name, self.run_id, self.run_ts, checks, published)
 
     def _evolve(
         self, spec: TableSpec, target: DeltaTarget, plan: SchemaPlan, run: TableRun

@@ -21,6 +21,7 @@ from ..errors import HeadwaterError
 
 if TYPE_CHECKING:
     from ..config import ProjectConfig
+    from ..engine.interval import Interval
     from ..tables.delta import DeltaTarget
 
 Position = Any  # JSON-serialisable
@@ -56,6 +57,8 @@ class ReadContext:
     full_refresh: bool = False
     resolve: Callable[[str], DeltaTarget] | None = None
     config: ProjectConfig | None = None
+    # An interval run asks the source for this interval's rows instead of what is new.
+    interval: Interval | None = None
 
     def connection(self, name: str) -> dict[str, Any]:
         """Settings of connection `name` from the project (secrets resolved)."""
@@ -70,6 +73,8 @@ class Source(ABC):
     """A connector. One module per connector under `headwater.sources`."""
 
     kind: ClassVar[str]
+    # Whether read() honours ctx.interval (re-reading an interval of event time).
+    reads_intervals: ClassVar[bool] = False
 
     @abstractmethod
     def describe(self) -> str:

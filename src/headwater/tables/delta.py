@@ -178,6 +178,56 @@ class DeltaTarget:
             partitions=expressions,
         )
 
+    def dataset_after(
+        self, snapshot: DeltaTable | None, schema: pa.Schema, adds: list[Any], removes: list[Any]
+    ) -> ds.Dataset:
+        """The table as it would be once staged `adds` and `removes` are committed."""
+        removed = {r.path for r in removes}
+        partition_by = list(snapshot.metadata().partition_columns) if snapshot is not None else []
+        rows: list[tuple[str, dict[str, Any]]] = []
+        if snapshot is not None:
+            actions = (
+                self.add_actions
+                if snapshot is self._table
+                else pa.table(snapshot.get_add_actions(flatten=True))
+            )
+            for row in actions.to_pylist():
+                if row["path"] not in removed:
+                    rows.append((row["path"], {c: row.get(f"partition.{c}") for c in partition_by}))
+        for add in adds:
+            partition_by = partition_by or list(add.partition_values)
+            typed = {c: _typed(v, schema.field(c).type) for c, v in add.partition_values.items()}
+            rows.append((add.path, typed))
+        return self._files_dataset(rows, schema, partition_by)
+
+    def _files_dataset(
+        self, rows: list[tuple[str, dict[str, Any]]], schema: pa.Schema, partition_by: list[str]
+    ) -> ds.Dataset:
+        expressions = []
+        for _, values in rows:
+            expression = ds.scalar(True)
+            for column in partition_by:
+                value = values.get(column)
+                field = ds.field(column)
+                if value is None:
+                    expression &= field.is_null()
+                else:
+                    expression &= field == pa.scalar(value, schema.field(column).type)
+            expressions.append(expression)
+        fs, root = self._fs
+        filesystem = pafs.SubTreeFileSystem(root, fs) if root else fs
+        file_format = ds.ParquetFileFormat(
+            read_options=ds.ParquetReadOptions(coerce_int96_timestamp_unit="us"),
+            default_fragment_scan_options=ds.ParquetFragmentScanOptions(pre_buffer=False),
+        )
+        return ds.FileSystemDataset.from_paths(
+            [unquote(path) for path, _ in rows],
+            schema=schema,
+            format=file_format,
+            filesystem=filesystem,
+            partitions=expressions,
+        )
+
     # -- writing -----------------------------------------------------------
     @cached_property
     def _fs(self) -> tuple[pafs.FileSystem, str]:
@@ -216,3 +266,14 @@ class DeltaTarget:
             return [
                 json.loads(line) for line in handle.read().decode().splitlines() if line.strip()
             ]
+
+
+def _typed(text: str | None, dtype: pa.DataType) -> Any:
+    """A partition value as logged (text) in the column's type."""
+    import pyarrow.compute as pc
+
+    if text is None:
+        return None
+    if pa.types.is_timestamp(dtype) and dtype.tz is not None:
+        return pc.cast(pc.cast(pa.array([text]), pa.timestamp("us")), dtype)[0].as_py()
+    return pc.cast(pa.array([text]), dtype)[0].as_py()

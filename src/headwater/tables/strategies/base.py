@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import duckdb
 import pyarrow as pa
@@ -24,6 +24,9 @@ from deltalake.transaction import AddAction, RemoveAction
 from ...errors import ConfigError
 from ..delta import DeltaTarget
 from ..writer import FileWriter, partition_value_text
+
+if TYPE_CHECKING:
+    from ...engine.interval import Interval
 
 # Columns a Delta change feed adds; they steer the write and are never stored.
 CHANGE_TYPE = "_change_type"
@@ -104,6 +107,8 @@ class WriteContext:
     record_changes: bool = True
     threads: int = 2
     memory_limit: str = "1GB"
+    # An interval run: partitions inside it are replaced even if the output has no rows for them.
+    interval: Interval | None = None
     # Arrow tables visible by name to the connection and every cursor of it.
     shared: dict[str, pa.Table] = field(default_factory=dict)
     rows_considered: int = 0
