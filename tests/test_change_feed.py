@@ -164,3 +164,14 @@ def test_a_snapshot_input_reruns_only_when_the_upstream_has_a_new_version(lake: 
     feed.push([{"x": 3}])
     lake.run()
     assert lake.rows("gold.count") == [{"n": 3}]
+
+
+def test_a_table_downstream_of_a_source_with_nothing_yet_waits(lake: Lake) -> None:
+    feed = Feed([], name="feed")
+    lake.declare(lambda: table("bronze.t", source=feed, strategy="append"))
+    lake.declare(lambda: table("silver.t", inputs=["bronze.t"], strategy="append"))
+    assert [r.status for r in lake.run()] == ["up-to-date", "up-to-date"]
+    assert not lake.project.target("silver.t").exists
+    feed.push([{"x": 1}])
+    assert [r.status for r in lake.run()] == ["committed", "committed"]
+    assert lake.rows("silver.t") == [{"x": 1}]

@@ -316,6 +316,15 @@ class Runner:
             return
         failpoint("after_read")
         missing = [a for a in spec.inputs if a not in increments]
+        unbuilt = [
+            s.table
+            for a, s in spec.inputs.items()
+            if a in missing and isinstance(s, Upstream) and not self.project.target(s.table).exists
+        ]
+        if unbuilt:
+            # An input not built yet has no schema the function could read: wait for it.
+            self.progress(spec.name, f"waiting for {', '.join(unbuilt)} (not built yet)")
+            return
         for (
             alias
         ) in missing:  # an input without news still takes part (as empty changes or its snapshot)

@@ -96,3 +96,7 @@ class Source(ABC):
     def upstream_tables(self) -> list[str]:
         """Tables of the project this source reads (edges of the table graph)."""
         return []
+
+    def changes_read(self) -> list[str]:
+        """Tables whose change feed this source reads (they then record their changes)."""
+        return []

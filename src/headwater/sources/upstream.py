@@ -27,10 +27,8 @@ def read_delta_input(
     """The increment of one Delta input after `position` (nothing when it has no new version)."""
     snapshot = target.load()
     if snapshot is None:
-        raise HeadwaterError(
-            f"table {ctx.table} reads {target.name}, which does not exist yet",
-            f"build {target.name} first (`headwater run` builds tables in dependency order)",
-        )
+        # Not built yet (its source has had nothing to load so far): nothing new to read.
+        return
     version = snapshot.version()
     done = None if (position is None or ctx.full_refresh) else int(position["version"])
     if done is not None and done >= version:
@@ -71,6 +69,9 @@ class Upstream(Source):
 
     def upstream_tables(self) -> list[str]:
         return [self.table]
+
+    def changes_read(self) -> list[str]:
+        return [self.table] if self.mode == "changes" else []
 
     def read(self, position: Position | None, ctx: ReadContext) -> Iterator[Increment]:
         assert ctx.resolve is not None

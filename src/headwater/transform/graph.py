@@ -45,10 +45,4 @@ def downstream_of(tables: Mapping[str, TableSpec], name: str) -> list[str]:
 
 def reads_changes(tables: Mapping[str, TableSpec], name: str) -> bool:
     """Whether any table reads the changes (not a snapshot) of `name`."""
-    from ..sources.upstream import Upstream
-
-    return any(
-        isinstance(s, Upstream) and s.table == name and s.mode == "changes"
-        for spec in tables.values()
-        for s in spec.inputs.values()
-    )
+    return any(name in s.changes_read() for spec in tables.values() for s in spec.inputs.values())
