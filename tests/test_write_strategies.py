@@ -472,3 +472,20 @@ def test_types_survive_the_round_trip(lake: Lake) -> None:
     (stored,) = lake.rows("bronze.types", "id")
     assert stored == {**row, "id": 1}
     assert lake.table("bronze.types").schema.field("at").type == pa.timestamp("us", "UTC")
+
+
+def test_an_update_that_moves_a_row_to_another_partition_moves_it(lake: Lake) -> None:
+    feed = land(lake, "silver.orders", "merge", keys=["id"], partition_by=["status"])
+    feed.push([{"id": 1, "status": "new"}, {"id": 2, "status": "new"}])
+    lake.run()
+    feed.push([{"id": 1, "status": "shipped"}])
+    lake.run()
+    assert lake.rows("silver.orders", "id") == [{"id": 1, "status": "shipped"}, {"id": 2, "status": "new"}]
+    # Read back by partition: the row lives in its new partition, not the old one.
+    shipped = lake.target("silver.orders").dataset().to_table(filter=pa.compute.field("status") == "shipped")
+    assert shipped.column("id").to_pylist() == [1]
+    # A file whose every row moved away leaves no empty file behind.
+    feed.push([{"id": 2, "status": "shipped"}])
+    lake.run()
+    new_files = [p for p in lake.files("silver.orders") if p.startswith("status=new")]
+    assert new_files == []

@@ -29,7 +29,7 @@ from .quality.gate import Gate
 from .sources.base import Source
 from .sources.upstream import Upstream
 from .tables.schema_policy import POLICIES
-from .tables.strategies import WriteOptions, get_strategy
+from .tables.strategies import WriteOptions, WriteStrategy, get_strategy
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$")
 ALIAS = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -52,7 +52,7 @@ class TableSpec:
 
     name: str
     inputs: dict[str, Source]
-    strategy: str
+    strategy: str  # the strategy's name
     options: WriteOptions
     transform: Callable[..., Any] | None = None
     schema_policy: str = "evolve"
@@ -68,6 +68,12 @@ class TableSpec:
     # quality.Gate methods (write-audit-publish).
     contract: str | None = None
     gate: Gate | None = None
+    # The configured strategy object (set from `strategy` when not given).
+    writer: WriteStrategy | None = None
+
+    def __post_init__(self) -> None:
+        if self.writer is None:
+            self.writer = get_strategy(self.strategy)
 
     @property
     def layer(self) -> str:
@@ -149,7 +155,7 @@ def table(
     *,
     source: Source | None = None,
     inputs: Sequence[str | Upstream] | dict[str, str | Upstream] | None = None,
-    strategy: str = "append",
+    strategy: str | WriteStrategy = "append",
     keys: Sequence[str] = (),
     partition_by: Sequence[str] = (),
     order_by: str | None = None,
@@ -177,6 +183,7 @@ def table(
         raise ConfigError(
             f"{defined_at}: table name {name!r} must be 'layer.table' (e.g. 'silver.orders')"
         )
+    strategy_name = strategy.name if isinstance(strategy, WriteStrategy) else strategy
     if (source is None) == (inputs is None):
         raise ConfigError(
             f"{defined_at}: table {name} needs exactly one of source=... or inputs=[...]"
@@ -196,7 +203,7 @@ def table(
                 item
                 if isinstance(item, Upstream)
                 else changes(str(item))
-                if strategy != "overwrite"
+                if strategy_name != "overwrite"
                 else snapshot(str(item))
             )
             if not NAME.match(upstream.table):
@@ -239,7 +246,8 @@ def table(
         **columns,
     )
     try:
-        get_strategy(strategy).check(name, options)
+        writer = strategy if isinstance(strategy, WriteStrategy) else get_strategy(strategy)
+        writer.check(name, options)
     except ConfigError as exc:
         raise ConfigError(f"{defined_at}: {exc.message}", exc.hint) from None
     if deletes not in ("hard", "soft"):
@@ -247,15 +255,16 @@ def table(
     spec = TableSpec(
         name=name,
         inputs=resolved,
-        strategy=strategy,
+        strategy=strategy_name,
+        writer=writer,
         options=options,
         schema_policy=schema,
         description=description,
         change_feed=change_feed,
-        # Rebuilding an SCD2 table from its source would erase its history.
+        # Rebuilding an SCD2 or dimension table from its source would erase its history.
         allow_full_refresh=allow_full_refresh
         if allow_full_refresh is not None
-        else strategy != "scd2",
+        else strategy_name not in ("scd2", "dimension"),
         target_file_size=parse_size(target_file_size, "target_file_size")
         if target_file_size is not None
         else None,

@@ -28,9 +28,19 @@ class RunContext:
     # Set when the run rebuilds an interval of event time ([start, end), UTC).
     interval: Interval | None = None
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("headwater.run"))
+    _modeling_functions: bool = False
 
     def sql(self, query: str, params: list[Any] | None = None) -> duckdb.DuckDBPyRelation:
-        """Run DuckDB SQL in which the inputs are visible by their names."""
+        """Run DuckDB SQL in which the inputs are visible by their names.
+
+        The modeling functions (surrogate_key...) are registered the first time a
+        query uses them; registering them costs more than most small queries.
+        """
+        if "surrogate_key" in query and not self._modeling_functions:
+            from ..transform.dimensional import register
+
+            register(self.con)
+            self._modeling_functions = True
         return self.con.sql(query, params=params)
 
     def read(self, name: str) -> duckdb.DuckDBPyRelation:

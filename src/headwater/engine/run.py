@@ -269,7 +269,7 @@ class Runner:
             config=self.project.config,
             interval=self.interval,
         )
-        strategy = get_strategy(spec.strategy)
+        strategy = spec.writer or get_strategy(spec.strategy)
         if self.interval is not None:
             self._attempt_interval(spec, target, strategy, state, positions, run, read_ctx)
             return

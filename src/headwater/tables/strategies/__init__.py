@@ -7,10 +7,12 @@ table as it was after the first time.
 from __future__ import annotations
 
 from ...errors import ConfigError
+from .accumulate import Accumulate
 from .append import Append
 from .base import CHANGE_COLUMNS, StagedWrite, WriteContext, WriteOptions, WriteStrategy
 from .cdc_apply import CdcApply
 from .delete_insert import DeleteInsert
+from .dimension import Dimension
 from .insert_if_absent import InsertIfAbsent
 from .merge import Merge
 from .overwrite import Overwrite
@@ -30,6 +32,8 @@ STRATEGIES: dict[str, WriteStrategy] = {
         Scd1(),
         Scd2(),
         CdcApply(),
+        Dimension(),
+        Accumulate(),
     )
 }
 

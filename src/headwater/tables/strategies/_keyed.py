@@ -333,6 +333,16 @@ class KeyedStrategy(WriteStrategy):
         finally:
             con.register("src", whole)
             con.unregister("old")
+        adds: list[AddAction] = []
+        if partition_by:
+            # An update may move a row to another partition (a changed partition column):
+            # replacement rows are written by their own partition values, not the file's.
+            writer = ctx.new_writer()
+            writer.write(replacement.cast(ctx.schema))
+            adds += writer.close()
+            union, copied = "", replacement.num_rows
+        else:
+            union, copied = f" UNION ALL SELECT {cols(file_schema.names)} FROM replacement", 0
         replacement = replacement.select(file_schema.names).cast(file_schema)
         folder = relative.rsplit("/", 1)[0] + "/" if "/" in relative else ""
         new_relative = f"{folder}part-{uuid.uuid4()}-c000.{ctx.compression}.parquet"
@@ -342,8 +352,7 @@ class KeyedStrategy(WriteStrategy):
         con.register("replacement", replacement)
         try:
             con.execute(
-                f"COPY (SELECT {cols(file_schema.names, 't')} FROM {scan} t WHERE NOT {matched} "
-                f"UNION ALL SELECT {cols(file_schema.names)} FROM replacement) "
+                f"COPY (SELECT {cols(file_schema.names, 't')} FROM {scan} t WHERE NOT {matched}{union}) "
                 f"TO $2 (FORMAT parquet, {codec}, ROW_GROUP_SIZE {DUCKDB_ROW_GROUP_ROWS})",
                 [source, target],
             )
@@ -358,21 +367,26 @@ class KeyedStrategy(WriteStrategy):
                 "nothing was committed; please report this with the table's schema",
             )
         metrics: Counter[str] = Counter()
-        metrics["rows_copied"] += metadata.num_rows - replacement.num_rows
+        metrics["rows_copied"] += metadata.num_rows - (replacement.num_rows - copied)
         for kind, n in real.items():
             metrics[{"update_postimage": "updated", "delete": "deleted"}.get(kind, "changed")] += n
         metrics["files_rewritten"] += 1
-        add = AddAction(
-            path=quote(new_relative, safe="/=_.-"),
-            size=os.path.getsize(target),
-            partition_values={
-                c: partition_value_text(live_row.get(f"partition.{c}")) for c in partition_by
-            },
-            modification_time=int(time.time() * 1000),
-            data_change=True,
-            stats=delta_stats(metadata, file_schema),
+        if metadata.num_rows == 0:
+            fs.delete_file(target)  # every row of the file was replaced elsewhere or deleted
+            return adds, metrics, change_rows
+        adds.append(
+            AddAction(
+                path=quote(new_relative, safe="/=_.-"),
+                size=os.path.getsize(target),
+                partition_values={
+                    c: partition_value_text(live_row.get(f"partition.{c}")) for c in partition_by
+                },
+                modification_time=int(time.time() * 1000),
+                data_change=True,
+                stats=delta_stats(metadata, file_schema),
+            )
         )
-        return [add], metrics, change_rows
+        return adds, metrics, change_rows
 
     def _changes(
         self, ctx: WriteContext, con: duckdb.DuckDBPyConnection, change_sql: str
