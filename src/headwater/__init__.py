@@ -10,6 +10,7 @@ upstream inputs, `Project` loads a project and `Runner` runs its tables.
 from .declare import TableSpec, changes, snapshot, table
 from .engine.context import RunContext
 from .engine.run import Runner, TableRun
+from .engine.side_outputs import Outputs, SideOutput
 from .errors import HeadwaterError
 from .project import Project
 
@@ -17,9 +18,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "HeadwaterError",
+    "Outputs",
     "Project",
     "RunContext",
     "Runner",
+    "SideOutput",
     "TableRun",
     "TableSpec",
     "changes",

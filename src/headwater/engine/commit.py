@@ -10,7 +10,7 @@ table's new state. Nothing is ever committed twice for the same batch.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -43,6 +43,7 @@ class CommitRequest:
     max_retries: int = 15
     checkpoint_interval: int = 100
     interval: list[str] | None = None  # [start, end) of an interval run
+    side_versions: dict[str, int] = field(default_factory=dict)  # side table -> its version
 
     def metadata(self, staged: StagedWrite) -> dict[str, Any]:
         meta: dict[str, Any] = {
@@ -61,6 +62,8 @@ class CommitRequest:
             meta["full_refresh"] = True
         if self.interval:
             meta["interval"] = self.interval
+        if self.side_versions:
+            meta["side_versions"] = self.side_versions
         return {META_KEY: meta}
 
 
@@ -115,16 +118,15 @@ def carry_forward(target: DeltaTarget, app: str | None, operation: str) -> Commi
     state = read_committed_state(target, app)
     if state.batch == 0:
         return CommitProperties(custom_metadata={META_KEY: {"operation": operation}})
-    return CommitProperties(
-        custom_metadata={
-            META_KEY: {
-                "app": app,
-                "batch": state.batch,
-                "positions": state.positions,
-                "operation": operation,
-            }
-        }
-    )
+    meta: dict[str, Any] = {
+        "app": app,
+        "batch": state.batch,
+        "positions": state.positions,
+        "operation": operation,
+    }
+    if state.side_versions:
+        meta["side_versions"] = state.side_versions
+    return CommitProperties(custom_metadata={META_KEY: meta})
 
 
 def _check_removes_still_live(target: DeltaTarget, read_version: int, staged: StagedWrite) -> None:

@@ -24,6 +24,8 @@ class CommittedState:
     batch: int  # last committed batch; 0 when the table has none
     positions: dict[str, Any] = field(default_factory=dict)
     version: int | None = None  # the table version that holds them
+    # Versions of the side tables (state, late events...) that go with this batch.
+    side_versions: dict[str, int] = field(default_factory=dict)
 
     def position(self, alias: str) -> Any:
         return self.positions.get(alias)
@@ -43,7 +45,10 @@ def read_committed_state(target: DeltaTarget, app: str) -> CommittedState:
             meta = entry.get(META_KEY)
             if isinstance(meta, dict) and meta.get("app") == app and meta.get("batch") == batch:
                 return CommittedState(
-                    batch, dict(meta.get("positions") or {}), int(entry["version"])
+                    batch,
+                    dict(meta.get("positions") or {}),
+                    int(entry["version"]),
+                    {str(k): int(v) for k, v in (meta.get("side_versions") or {}).items()},
                 )
         if len(entries) < limit:
             break

@@ -18,13 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from ..tables.strategies import WriteContext, WriteOptions, get_strategy
-from .commit import CommitRequest, commit
+from .side_outputs import SideOutput, side_table_name, write_side_output
 
 if TYPE_CHECKING:
     from ..project import Project
 
-SUFFIX = "__quarantine"
+NAME = "quarantine"
 SCHEMA = pa.schema(
     [
         pa.field("run_id", pa.string()),
@@ -43,7 +42,7 @@ MAX_TEXT = 100_000
 
 
 def quarantine_name(table: str) -> str:
-    return f"{table}{SUFFIX}"
+    return side_table_name(table, NAME)
 
 
 def rejected_rows(rows: list[dict[str, Any]]) -> pa.Table:
@@ -69,12 +68,6 @@ def write_quarantine(
     rejected: pa.Table,
 ) -> int:
     """Append `rejected` to the table's quarantine as batch `batch`; 0 if it is there already."""
-    name = quarantine_name(table)
-    target = project.target(name).refresh()
-    app = f"headwater/{name}"
-    snapshot = target.load()
-    if snapshot is not None and (snapshot.transaction_version(app) or 0) >= batch:
-        return 0  # written by an earlier attempt of this batch
     n = rejected.num_rows
     stamped = pa.table(
         {
@@ -91,35 +84,18 @@ def write_quarantine(
         },
         schema=SCHEMA,
     )
-    defaults = project.config.defaults
-    ctx = WriteContext(
-        table=name,
-        target=target,
-        snapshot=snapshot,
-        schema=SCHEMA,
-        options=WriteOptions(),
-        run_ts=run_ts,
-        run_id=run_id,
-        target_file_size=defaults.target_file_size,
-        compression=defaults.compression,
+    target = project.target(quarantine_name(table)).refresh()
+    app = f"headwater/{quarantine_name(table)}"
+    if target.exists and (target.table.transaction_version(app) or 0) >= batch:
+        return 0  # written by an earlier attempt of this batch
+    description = f"rows of {table} that could not be loaded, with the reason"
+    write_side_output(
+        project,
+        table,
+        NAME,
+        batch,
+        run_id,
+        run_ts,
+        SideOutput(stamped, "append", description=description),
     )
-    try:
-        staged = get_strategy("append").stage(
-            ctx, pa.RecordBatchReader.from_batches(SCHEMA, stamped.to_batches())
-        )
-    finally:
-        ctx.close()
-    request = CommitRequest(
-        app=app,
-        batch=batch,
-        run_id=run_id,
-        run_ts=run_ts.isoformat(),
-        table=name,
-        positions={},
-        strategy="append",
-        schema=SCHEMA,
-        partition_by=(),
-        description=f"rows of {table} that could not be loaded, with the reason",
-    )
-    commit(target, snapshot, staged, request)
     return int(n)

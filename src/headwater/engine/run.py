@@ -30,7 +30,6 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-from deltalake import write_deltalake
 
 from ..declare import TableSpec
 from ..errors import CommitConflict, ConfigError, DataQualityError, HeadwaterError, failure_kind
@@ -41,18 +40,18 @@ from ..quality.gates import gate_for
 from ..sources.base import Increment, ReadContext
 from ..sources.upstream import Upstream
 from ..tables.delta import DeltaTarget
-from ..tables.delta_types import conform_batch, to_delta_schema
-from ..tables.schema_policy import SchemaPlan, plan_schema
 from ..tables.strategies import StagedWrite, WriteContext, WriteStrategy, get_strategy
 from ..tables.strategies.base import CHANGE_TYPE
 from ..transform.graph import reads_changes
-from .commit import CommitRequest, ConflictRetry, carry_forward, commit
+from .commit import CommitRequest, ConflictRetry, commit
 from .context import RunContext
 from .failpoints import failpoint
 from .interval import Interval
 from .lock import table_lock
 from .position import CommittedState, find_commit_version, read_committed_state
 from .quarantine import quarantine_name, write_quarantine
+from .schema_fit import fit_increment
+from .side_outputs import Outputs, SideOutput, write_side_output
 
 log = logging.getLogger("headwater.run")
 READ_BATCH = 1 << 17
@@ -410,7 +409,7 @@ class Runner:
     ) -> bool:
         con = duckdb.connect(config={"threads": self.threads})
         try:
-            reader = self._transform(spec, con, increments, full_refresh)
+            reader, side = self._transform(spec, con, increments, full_refresh, state.side_versions)
             self.progress(spec.name, "writing")
             stage = self._stage(spec, target, strategy, reader, full_refresh, run)
             staged, schema, snapshot = stage.staged, stage.schema, stage.snapshot
@@ -418,19 +417,46 @@ class Runner:
         finally:
             con.close()
         advances = any(i.advances for i in increments.values()) and new_positions != old_positions
-        if staged.is_empty and snapshot is not None and not full_refresh and not advances:
+        if (
+            staged.is_empty
+            and snapshot is not None
+            and not full_refresh
+            and not advances
+            and not side
+        ):
             return False
         self._check_table(spec, target, stage)
         failpoint("after_stage")
         self._quarantine(
             spec, batch, [*[i.rejected for i in increments.values()], stage.rejected], run
         )
+        side_versions = self._write_side_outputs(spec, batch, side, state.side_versions)
         failpoint("after_quarantine")
         self._commit(
-            spec, target, snapshot, staged, schema, new_positions, batch, run, full_refresh
+            spec,
+            target,
+            snapshot,
+            staged,
+            schema,
+            new_positions,
+            batch,
+            run,
+            full_refresh,
+            side_versions,
         )
         self._audit(spec, stage.checks, published=True)
         return True
+
+    def _write_side_outputs(
+        self, spec: TableSpec, batch: int, side: dict[str, SideOutput], committed: dict[str, int]
+    ) -> dict[str, int]:
+        """Commit the batch's side outputs before the main commit; the versions to record."""
+        versions = dict(committed)
+        for name, output in sorted(side.items()):
+            versions[name] = write_side_output(
+                self.project, spec.name, name, batch, self.run_id, self.run_ts, output
+            )
+        return versions
 
     def _quarantine(
         self, spec: TableSpec, batch: int, rejected: list[pa.Table | None], run: TableRun
@@ -472,7 +498,13 @@ class Runner:
             before = target.refresh().version
             con = duckdb.connect(config={"threads": self.threads})
             try:
-                reader = self._transform(spec, con, {"source": increment}, full_refresh)
+                reader, side = self._transform(
+                    spec, con, {"source": increment}, full_refresh, state.side_versions
+                )
+                if side:
+                    raise ConfigError(
+                        f"table {spec.name}: side outputs need a strategy that commits per increment, not {spec.strategy}"
+                    )
                 stage = self._stage(spec, target, strategy, reader, full_refresh, run)
             finally:
                 con.close()
@@ -523,6 +555,7 @@ class Runner:
         batch: int,
         run: TableRun,
         full_refresh: bool,
+        side_versions: dict[str, int] | None = None,
     ) -> None:
         request = CommitRequest(
             app=spec.app_id,
@@ -538,6 +571,7 @@ class Runner:
             full_refresh=full_refresh,
             checkpoint_interval=self.project.config.maintenance.checkpoint_interval,
             interval=self.interval.as_json() if self.interval is not None else None,
+            side_versions=side_versions or {},
         )
         try:
             commit(target, snapshot, staged, request)
@@ -558,14 +592,16 @@ class Runner:
         con: duckdb.DuckDBPyConnection,
         increments: dict[str, Increment],
         full_refresh: bool,
-    ) -> pa.RecordBatchReader:
+        side_versions: dict[str, int] | None = None,
+    ) -> tuple[pa.RecordBatchReader, dict[str, SideOutput]]:
+        """The function's output, and the side outputs it returned (see side_outputs)."""
         if spec.transform is None:
             if len(increments) != 1:
                 raise ConfigError(
                     f"{spec.defined_at}: table {spec.name} has several inputs but no function to combine them"
                 )
             (only,) = increments.values()
-            return _as_reader(only.data)
+            return _as_reader(only.data), {}
         ctx = RunContext(
             spec.name,
             self.run_id,
@@ -574,6 +610,7 @@ class Runner:
             con,
             self.project,
             interval=self.interval,
+            side_versions=dict(side_versions or {}),
         )
         if self.interval is not None:
             # SQL sees the interval as getvariable('interval_start') / getvariable('interval_end').
@@ -617,7 +654,12 @@ class Runner:
                     f"table {spec.name}: SQL failed in {spec.defined_at}: {str(exc).splitlines()[0]}",
                     "check column and input names in the query",
                 ) from exc
-        return _result_reader(result, spec)
+        side: dict[str, SideOutput] = {}
+        if isinstance(result, Outputs):
+            result, side = result.rows, result.side
+            if isinstance(result, str):
+                result = ctx.sql(result)
+        return _result_reader(result, spec), side
 
     def _unchanged_input(self, spec: TableSpec, alias: str, positions: dict[str, Any]) -> Increment:
         from ..sources.upstream import Upstream
@@ -642,30 +684,18 @@ class Runner:
         full_refresh: bool,
         run: TableRun,
     ) -> Stage:
-        managed = strategy.managed_columns(spec.options, reader.schema)
-        control = strategy.control_columns(spec.options)
-        # Even a full refresh keeps the table's columns: readers may depend on them,
-        # and Delta cannot drop them in a data commit.
-        current = target.schema
-        plan = plan_schema(spec.name, spec.schema_policy, current, reader.schema, managed, control)
-        if current is not None and plan.changes_table:
-            self._evolve(spec, target, plan, run)
-        snapshot = target.load()
-        managed_names = {f.name for f in managed}
-        data_fields = [f for f in plan.table_schema if f.name not in managed_names]
-        control_fields = list(
-            to_delta_schema(pa.schema([f for f in reader.schema if f.name in control]))
+        plan, data = fit_increment(
+            spec.name,
+            spec.schema_policy,
+            target,
+            reader,
+            strategy,
+            spec.options,
+            spec.app_id,
+            run.metrics,
+            lambda message: self.progress(spec.name, message),
         )
-        conformed_schema = pa.schema(data_fields + control_fields)
-        renames = plan.renames
-
-        def conformed() -> Iterator[pa.RecordBatch]:
-            for batch in reader:
-                if renames:
-                    batch = batch.rename_columns([renames.get(n, n) for n in batch.schema.names])
-                yield conform_batch(batch, conformed_schema, spec.name)
-
-        data = pa.RecordBatchReader.from_batches(conformed_schema, conformed())
+        snapshot = target.load()
         gate = gate_for(spec, self.project)
         checks: list[tuple[str, CheckResult]] = []
         rejected: pa.Table | None = None
@@ -740,46 +770,6 @@ class Runner:
         self, spec: TableSpec, checks: list[tuple[str, CheckResult]], published: bool
     ) -> None:
         record_checks(self.project, spec.name, self.run_id, self.run_ts, checks, published)
-
-    def _evolve(
-        self, spec: TableSpec, target: DeltaTarget, plan: SchemaPlan, run: TableRun
-    ) -> None:
-        """Apply a schema change as its own commit before the data commit."""
-        from deltalake import Field
-
-        if plan.widen:
-            self.progress(spec.name, f"widening {', '.join(plan.widen)} (rewrites the table)")
-            table = target.table
-            widened = pa.schema(
-                [
-                    pa.field(f.name, plan.widen.get(f.name, f.type), True)
-                    for f in pa.schema(table.schema())
-                ]
-            )
-            scanner = target.dataset(table=table).scanner(batch_size=READ_BATCH)
-            rows = (conform_batch(b, widened, spec.name) for b in scanner.to_batches())
-            write_deltalake(
-                target.uri,
-                pa.RecordBatchReader.from_batches(widened, rows),
-                mode="overwrite",
-                schema_mode="overwrite",
-                partition_by=list(target.partition_by) or None,
-                storage_options=target.storage_options or None,
-                commit_properties=carry_forward(target, spec.app_id, "widen columns"),
-            )
-            target.refresh()
-            run.metrics["columns_widened"] += len(plan.widen)
-        if plan.add_columns:
-            present = {f.name.lower() for f in pa.schema(target.table.schema())}
-            fields = [
-                Field.from_arrow(f) for f in plan.add_columns if f.name.lower() not in present
-            ]
-            if fields:
-                target.table.alter.add_columns(
-                    fields, commit_properties=carry_forward(target, spec.app_id, "add columns")
-                )
-                run.metrics["columns_added"] += len(fields)
-            target.refresh()
 
 
 def _as_reader(data: Any) -> pa.RecordBatchReader:
