@@ -4,6 +4,8 @@ from .base import Increment, Position, ReadContext, Source
 from .delta import DeltaSource, delta
 from .files import FilesSource, files
 from .memory import MemorySource, memory
+from .mysql import MySqlSource, mysql
+from .postgres import PostgresSource, postgres
 from .sqlite import SqliteSource, sqlite
 from .upstream import Upstream
 
@@ -12,7 +14,9 @@ __all__ = [
     "FilesSource",
     "Increment",
     "MemorySource",
+    "MySqlSource",
     "Position",
+    "PostgresSource",
     "ReadContext",
     "Source",
     "SqliteSource",
@@ -20,5 +24,7 @@ __all__ = [
     "delta",
     "files",
     "memory",
+    "mysql",
+    "postgres",
     "sqlite",
 ]
