@@ -1,20 +1,14 @@
-"""The local connectors: SQLite (high-water mark, full reload) and files (each file once)."""
+"""The SQLite connector: high-water mark, full reload. (Files: tests/test_sources_files.py.)"""
 
 from __future__ import annotations
 
-import json
-import os
 import sqlite3
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-import pytest
-
 from headwater import table
-from headwater.sources import files, sqlite
+from headwater.sources import sqlite
 
 from .lake import Lake
 
@@ -132,50 +126,3 @@ def test_a_missing_database_is_a_clear_error(tmp_path: Path) -> None:
     )
     (run,) = lake.run(check=False)
     assert run.status == "failed" and "nope.sqlite does not exist" in (run.error or "")
-
-
-def write_ndjson(path: Path, rows: list[dict[str, object]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
-def test_files_load_once_and_again_when_modified(tmp_path: Path) -> None:
-    lake = Lake(tmp_path)
-    lake.declare(lambda: table("bronze.events", source=files("in/*.ndjson"), strategy="append"))
-    write_ndjson(tmp_path / "in" / "a.ndjson", [{"id": 1}])
-    write_ndjson(tmp_path / "in" / "b.ndjson", [{"id": 2}])
-    (tmp_path / "in" / "_SUCCESS").write_text("")
-    lake.run()
-    assert [r.status for r in lake.run()] == ["up-to-date"]
-    write_ndjson(tmp_path / "in" / "a.ndjson", [{"id": 1}, {"id": 11}])  # rewritten in place
-    os.utime(tmp_path / "in" / "a.ndjson", ns=(10**18, 10**18))
-    write_ndjson(tmp_path / "in" / "c.ndjson", [{"id": 3}])
-    (run,) = lake.run()
-    assert run.metrics["inserted"] == 3
-    assert sorted(r["id"] for r in lake.rows("bronze.events")) == [1, 1, 2, 3, 11]
-
-
-@pytest.mark.parametrize("fmt", ["json", "csv", "parquet"])
-def test_files_in_each_format(tmp_path: Path, fmt: str) -> None:
-    folder = tmp_path / "in"
-    folder.mkdir()
-    if fmt == "json":
-        (folder / "x.json").write_text(json.dumps([{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]))
-    elif fmt == "csv":
-        (folder / "x.csv").write_text("id,name\n1,a\n2,b\n")
-    else:
-        pq.write_table(pa.table({"id": [1, 2], "name": ["a", "b"]}), folder / "x.parquet")
-    lake = Lake(tmp_path)
-    lake.declare(lambda: table("bronze.x", source=files(f"in/*.{fmt}"), strategy="append"))
-    lake.run()
-    assert lake.rows("bronze.x", "id") == [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
-
-
-def test_a_malformed_file_names_the_file_and_publishes_nothing(tmp_path: Path) -> None:
-    lake = Lake(tmp_path)
-    lake.declare(lambda: table("bronze.events", source=files("in/*.ndjson"), strategy="append"))
-    write_ndjson(tmp_path / "in" / "good.ndjson", [{"id": 1}])
-    (tmp_path / "in" / "bad.ndjson").write_text('{"id": 2}\n{"id": \n')
-    (run,) = lake.run(check=False)
-    assert run.status == "failed" and "bad.ndjson" in (run.error or "")
-    assert not lake.project.target("bronze.events").exists
