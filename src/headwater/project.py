@@ -94,11 +94,11 @@ class Project:
 
 
 def discover_tables(root: Path) -> dict[str, TableSpec]:
-    """Import every `pipelines/**/*.py` and collect the tables they declare."""
+    """Import every `pipelines/**/*.py` and collect the tables they declare; add the SQL models."""
     folder = root / PIPELINES_DIR
     tables: dict[str, TableSpec] = {}
     if not folder.exists():
-        return tables
+        return _with_models(root, tables)
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))  # pipelines may import helpers from the project
     package = "headwater_project_" + hashlib.sha1(str(root).encode()).hexdigest()[:10]
@@ -117,7 +117,16 @@ def discover_tables(root: Path) -> dict[str, TableSpec]:
                     f"the other declaration is at {tables[spec.name].defined_at}",
                 )
             tables[spec.name] = spec
-    return tables
+    return _with_models(root, tables)
+
+
+def _with_models(root: Path, tables: dict[str, TableSpec]) -> dict[str, TableSpec]:
+    """SQL models (`models/<layer>/<table>.sql`) join the tables declared in Python."""
+    if not (root / "models").is_dir():
+        return tables
+    from .transform.sql_models import discover_models  # sqlglot loads only when there are models
+
+    return discover_models(root, tables)
 
 
 def _import(path: Path, module_name: str) -> None:

@@ -25,6 +25,7 @@ from ..engine.run import TableRun
 from ..errors import ConfigError, HeadwaterError
 from ..project import Project
 from . import render
+from .graph import register_graph_commands
 
 app = typer.Typer(
     name="headwater",
@@ -361,6 +362,9 @@ def demo(
     from .demo import run_demo
 
     run_demo(directory, keep=keep, debug=OPTIONS.debug)
+
+
+register_graph_commands(app, _load)  # headwater dag, headwater lineage
 
 
 # -- entry point ----------------------------------------------------------------------------
