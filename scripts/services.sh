@@ -48,21 +48,26 @@ if command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ]; then
     start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
     wait_for "MariaDB" my_ready
   fi
-  if [ "$(my 'SELECT CONCAT(@@log_bin, @@binlog_format, @@binlog_row_image)')" != "ONROWFULL" ]; then
-    say "enabling the row-based binary log in MariaDB (restart)"
-    if [ -f "$MY_CNF" ] && ! grep -q "Headwater" "$MY_CNF"; then
-      say "$MY_CNF exists and is not Headwater's; add the settings below to it by hand"; exit 1
-    fi
-    cat > "$MY_CNF" <<'CNF'
-# Written by Headwater's scripts/services.sh: change data capture reads the
-# binary log in row format with full row images.
+  # The file makes the settings survive a restart; the restart applies them now.
+  WANT_CNF='# Written by Headwater'"'"'s scripts/services.sh: change data capture reads the
+# binary log in row format with full row images and column names.
 [mysqld]
 log_bin = mysql-bin
 binlog_format = ROW
 binlog_row_image = FULL
+binlog_row_metadata = FULL
 server_id = 1
-expire_logs_days = 2
-CNF
+expire_logs_days = 2'
+  if [ "$(cat "$MY_CNF" 2>/dev/null)" != "$WANT_CNF" ]; then
+    if [ -f "$MY_CNF" ] && ! grep -q "Headwater" "$MY_CNF"; then
+      say "$MY_CNF exists and is not Headwater's; add these settings to it by hand:"
+      printf '%s\n' "$WANT_CNF"; exit 1
+    fi
+    say "writing the binary log settings to $MY_CNF"
+    printf '%s\n' "$WANT_CNF" > "$MY_CNF"
+  fi
+  if [ "$(my 'SELECT CONCAT(@@log_bin, @@binlog_format, @@binlog_row_image, @@binlog_row_metadata)')" != "ONROWFULLFULL" ]; then
+    say "enabling the row-based binary log in MariaDB (restart)"
     mariadb-admin -h 127.0.0.1 -P 3306 -uroot shutdown || true
     for _ in $(seq 1 60); do pgrep -x mariadbd >/dev/null || break; sleep 0.5; done
     start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd

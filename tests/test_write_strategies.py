@@ -422,6 +422,19 @@ def test_cdc_apply_soft_deletes_keep_the_sequence_as_a_guard(lake: Lake) -> None
     assert row["lsn"] == 5 and row["_deleted_at"] is not None and row["bal"] == 1
 
 
+def test_cdc_apply_soft_keeps_a_tombstone_for_a_key_created_and_deleted_in_one_increment(
+    lake: Lake,
+) -> None:
+    feed = land(lake, "silver.acct", "cdc-apply", keys=["id"], sequence_by="lsn", deletes="soft")
+    feed.push(
+        [{"id": 1, "bal": 1, "lsn": 1, "_op": "c"}, {"id": 1, "bal": 1, "lsn": 2, "_op": "d"}]
+    )
+    feed.push([{"id": 1, "bal": 1, "lsn": 1, "_op": "c"}])  # redelivered: must not resurrect
+    lake.run()
+    (row,) = lake.rows("silver.acct")
+    assert row["lsn"] == 2 and row["_deleted_at"] is not None
+
+
 def test_cdc_apply_rejects_unknown_operations(lake: Lake) -> None:
     feed = land(lake, "silver.acct", "cdc-apply", keys=["id"], sequence_by="lsn")
     feed.push([{"id": 1, "lsn": 1, "_op": "upsert"}])
@@ -480,9 +493,16 @@ def test_an_update_that_moves_a_row_to_another_partition_moves_it(lake: Lake) ->
     lake.run()
     feed.push([{"id": 1, "status": "shipped"}])
     lake.run()
-    assert lake.rows("silver.orders", "id") == [{"id": 1, "status": "shipped"}, {"id": 2, "status": "new"}]
+    assert lake.rows("silver.orders", "id") == [
+        {"id": 1, "status": "shipped"},
+        {"id": 2, "status": "new"},
+    ]
     # Read back by partition: the row lives in its new partition, not the old one.
-    shipped = lake.target("silver.orders").dataset().to_table(filter=pa.compute.field("status") == "shipped")
+    shipped = (
+        lake.target("silver.orders")
+        .dataset()
+        .to_table(filter=pa.compute.field("status") == "shipped")
+    )
     assert shipped.column("id").to_pylist() == [1]
     # A file whose every row moved away leaves no empty file behind.
     feed.push([{"id": 2, "status": "shipped"}])

@@ -1,6 +1,8 @@
 """Connectors, one module per source. Each yields Arrow data plus a position."""
 
 from .base import Increment, Position, ReadContext, Source
+from .cdc_mysql import MysqlCdcSource, cdc_mysql
+from .debezium import DebeziumFilesSource, EnvelopeDecoder, debezium
 from .delta import DeltaSource, delta
 from .files import FilesSource, files
 from .memory import MemorySource, memory
@@ -10,17 +12,22 @@ from .sqlite import SqliteSource, sqlite
 from .upstream import Upstream
 
 __all__ = [
+    "DebeziumFilesSource",
     "DeltaSource",
+    "EnvelopeDecoder",
     "FilesSource",
     "Increment",
     "MemorySource",
     "MySqlSource",
+    "MysqlCdcSource",
     "Position",
     "PostgresSource",
     "ReadContext",
     "Source",
     "SqliteSource",
     "Upstream",
+    "cdc_mysql",
+    "debezium",
     "delta",
     "files",
     "memory",

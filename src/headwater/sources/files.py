@@ -326,6 +326,8 @@ class FilesSource(Source):
         return resume + tasks
 
     def _pieces(self, loc: Location, task: _Task, ctx: ReadContext) -> Iterator[Piece]:
+        """How one file becomes pieces of rows. Subclasses that parse files their own way
+        (the Debezium source) override this and keep listing, positions and archiving."""
         assert task.fmt is not None
         try:
             yield from pieces(

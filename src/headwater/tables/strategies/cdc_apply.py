@@ -7,13 +7,17 @@ an increment collapse to the last by sequence; the stored sequence guards the
 target, so a change at or before what the table already holds is ignored and a
 replay never moves a row backwards. Deletes remove the row, or stamp
 `_deleted_at` (soft), keeping the sequence so late older changes stay ignored.
+With soft deletes, a delete of a key the table does not hold (created and
+deleted within one increment) still writes that tombstone, so a redelivered
+older create cannot bring the row back.
 """
 
 from __future__ import annotations
 
 from ..._sql import q
 from ...errors import ConfigError, DataError
-from .base import CHANGE_COLUMNS, CHANGE_TYPE, WriteContext, WriteOptions
+from ._keyed import DELETE
+from .base import CHANGE_COLUMNS, CHANGE_TYPE, RUN_TS, WriteContext, WriteOptions
 from .merge import Merge
 
 _INSERT = ("c", "r", "i", "insert", "create", "read", "snapshot")
@@ -83,3 +87,13 @@ class CdcApply(Merge):
         if ctx.options.op_column in columns:
             return "TRUE"
         return super().keep_expression(ctx, columns)
+
+    def inserts(self, ctx: WriteContext) -> str:
+        rows = super().inserts(ctx)
+        if ctx.options.deletes != "soft":
+            return rows
+        deleted_at = ctx.options.deleted_at
+        tombstone = ", ".join(
+            f"{RUN_TS} AS {q(c)}" if c == deleted_at else f"s.{q(c)}" for c in ctx.schema.names
+        )
+        return f"{rows} UNION ALL SELECT {tombstone} FROM fresh s WHERE s.{DELETE}"
