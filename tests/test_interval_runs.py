@@ -94,3 +94,13 @@ def test_the_cli_asks_for_start_end_and_tables_together(project_dir: Path) -> No
         project_dir, "run", "x.y", "--start", "2024-02-01", "--end", "2024-01-01", check=False
     )
     assert result.returncode != 0 and "is not before its end" in result.stderr
+
+
+def test_an_interval_run_before_its_input_is_built_waits_instead_of_failing_hard(
+    tmp_path: Path,
+) -> None:
+    lake, _ = daily_totals(tmp_path)
+    (run,) = lake.run("gold.daily", interval=Interval.of("2024-01-01", "2024-01-02"), check=False)
+    assert run.status == "failed" and run.failure == "upstream-not-ready"
+    assert "silver.sales is not built yet" in (run.error or "")
+    assert not lake.target("gold.daily").exists

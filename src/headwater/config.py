@@ -79,12 +79,52 @@ class MaintenanceSection(_Section):
         )
 
 
+class WebhookAlertSection(_Section):
+    # The URL itself is a secret (Slack webhook URLs are): name an environment
+    # variable (`url_env`), or write `url = "${VAR}"`. It is never printed or logged.
+    url: str | None = None
+    url_env: str | None = None
+    # "json": Headwater's alert object; "slack": a Slack-compatible {"text": ...} payload.
+    format: Literal["json", "slack"] = "json"
+    # Extra headers whose values come from environment variables (tokens).
+    headers_env: dict[str, str] = Field(default_factory=dict)
+    timeout_seconds: float = Field(default=10.0, gt=0)
+
+
+class CommandAlertSection(_Section):
+    # Run with the alert as JSON on standard input (and HEADWATER_ALERT_* variables).
+    argv: list[str] = Field(min_length=1)
+    timeout_seconds: float = Field(default=30.0, gt=0)
+
+
+class AlertsSection(_Section):
+    # Alerts always go to the log ("headwater.alerts"); these add sinks.
+    webhooks: list[WebhookAlertSection] = Field(default_factory=list)
+    commands: list[CommandAlertSection] = Field(default_factory=list)
+
+
+class SchedulerSection(_Section):
+    # A scheduler renews its leases every third of this; a dead one's tables are free after it.
+    lease_seconds: float = Field(default=60.0, ge=1)
+    # How often the loop looks at triggers when nothing wakes it earlier.
+    poll_seconds: float = Field(default=1.0, gt=0)
+    # Runs at a time (default: [defaults] parallel_tables).
+    workers: int | None = Field(default=None, ge=1, le=64)
+    # How often commits made outside the scheduler are looked for (on_upstream triggers).
+    upstream_poll_seconds: float = Field(default=30.0, gt=0)
+    sla_check_seconds: float = Field(default=30.0, gt=0)
+    # Intervals missed while no scheduler ran that are caught up on start; older: backfill.
+    max_catchup: int = Field(default=31, ge=0)
+
+
 class ProjectConfig(_Section):
     project: ProjectSection = ProjectSection()
     warehouse: WarehouseSection = WarehouseSection()
     metadata: MetadataSection = MetadataSection()
     defaults: DefaultsSection = DefaultsSection()
     maintenance: MaintenanceSection = MaintenanceSection()
+    alerts: AlertsSection = AlertsSection()
+    scheduler: SchedulerSection = SchedulerSection()
     # Named connection settings for sources: [connections.shop] host = ..., password_env = ...
     connections: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # Secrets read from SECRETS_FILE (never from headwater.toml); merged into connections.

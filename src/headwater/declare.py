@@ -25,6 +25,10 @@ from typing import Any, Literal
 
 from ._units import parse_size
 from .errors import ConfigError
+from .orchestrate.options import Duration, Orchestration, orchestration
+from .orchestrate.retries import RetryPolicy
+from .orchestrate.sla import Sla
+from .orchestrate.triggers.base import Trigger
 from .quality.gate import Gate
 from .sources.base import Source
 from .sources.upstream import Upstream
@@ -74,6 +78,9 @@ class TableSpec:
     def __post_init__(self) -> None:
         if self.writer is None:
             self.writer = get_strategy(self.strategy)
+
+    # When `headwater serve` / `headwater backfill` run it (docs/orchestrate.md).
+    orchestration: Orchestration = field(default_factory=Orchestration)
 
     @property
     def layer(self) -> str:
@@ -175,6 +182,12 @@ def table(
     zorder_by: Sequence[str] = (),
     contract: str | None = None,
     gate: Gate | None = None,
+    trigger: Trigger | None = None,
+    interval: Duration | None = None,
+    safety_delay: Duration | None = None,
+    lookback: Duration | None = None,
+    retries: RetryPolicy | int | None = None,
+    sla: Sla | Sequence[Sla] | None = None,
 ) -> _Declaration:
     """Declare a table. See the module docstring and docs/tables.md for every option."""
     frame = inspect.stack()[1]
@@ -252,6 +265,9 @@ def table(
         raise ConfigError(f"{defined_at}: {exc.message}", exc.hint) from None
     if deletes not in ("hard", "soft"):
         raise ConfigError(f"{defined_at}: table {name}: deletes must be 'hard' or 'soft'")
+    scheduling = orchestration(
+        defined_at, name, trigger, interval, safety_delay, lookback, retries, sla
+    )
     spec = TableSpec(
         name=name,
         inputs=resolved,
@@ -273,6 +289,7 @@ def table(
         defined_at=defined_at,
         contract=contract,
         gate=gate,
+        orchestration=scheduling,
     )
     collector = _collector.get()
     (collector if collector is not None else _declared).append(spec)

@@ -26,6 +26,7 @@ from ..errors import ConfigError, HeadwaterError
 from ..project import Project
 from . import render
 from .graph import register_graph_commands
+from .orchestrate import register_orchestrate_commands
 
 app = typer.Typer(
     name="headwater",
@@ -365,6 +366,7 @@ def demo(
 
 
 register_graph_commands(app, _load)  # headwater dag, headwater lineage
+register_orchestrate_commands(app, _load)  # headwater serve, backfill, runs, status
 
 
 # -- entry point ----------------------------------------------------------------------------

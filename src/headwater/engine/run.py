@@ -32,7 +32,14 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from ..declare import TableSpec
-from ..errors import CommitConflict, ConfigError, DataQualityError, HeadwaterError, failure_kind
+from ..errors import (
+    CommitConflict,
+    ConfigError,
+    DataQualityError,
+    HeadwaterError,
+    UpstreamNotReady,
+    failure_kind,
+)
 from ..project import Project
 from ..quality.audit import record as record_checks
 from ..quality.gate import CheckResult, Gate
@@ -146,6 +153,7 @@ class Runner:
         progress: Progress | None = None,
         threads: int | None = None,
         interval: Interval | None = None,
+        run_id: str | None = None,
     ) -> None:
         self.project = project
         self.full_refresh = full_refresh
@@ -154,7 +162,8 @@ class Runner:
         if interval is not None and full_refresh:
             raise ConfigError("an interval run and a full refresh do not go together")
         self.run_ts = (run_ts or datetime.now(UTC)).astimezone(UTC)
-        self.run_id = new_run_id(self.run_ts)
+        # A scheduler passes its attempt's id, so it can find the attempt's commit after a crash.
+        self.run_id = run_id or new_run_id(self.run_ts)
         self.progress = progress or (lambda table, message: None)
         self.threads = threads or max(1, os.cpu_count() or 1)
         self.defaults = project.config.defaults
@@ -373,6 +382,11 @@ class Runner:
             increments = {}
             for alias, upstream in spec.inputs.items():
                 assert isinstance(upstream, Upstream)
+                if not self.project.target(upstream.table).exists:
+                    raise UpstreamNotReady(
+                        f"table {spec.name}: input {upstream.table} is not built yet, so the interval cannot be rebuilt",
+                        f"run {upstream.table} first; a scheduler waits for it",
+                    )
                 increments[alias] = Increment(
                     self.project.target(upstream.table).dataset(),
                     positions.get(alias),
