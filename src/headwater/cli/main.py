@@ -24,7 +24,7 @@ from .. import __version__
 from ..engine.run import TableRun
 from ..errors import ConfigError, HeadwaterError
 from ..project import Project
-from . import render
+from . import contract, render
 from .graph import register_graph_commands
 from .orchestrate import register_orchestrate_commands
 
@@ -367,6 +367,9 @@ def demo(
 
 register_graph_commands(app, _load)  # headwater dag, headwater lineage
 register_orchestrate_commands(app, _load)  # headwater serve, backfill, runs, status
+
+
+app.add_typer(contract.app, name="contract")
 
 
 # -- entry point ----------------------------------------------------------------------------
