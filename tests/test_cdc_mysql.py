@@ -44,7 +44,7 @@ from .conftest import write_pipeline
 from .lake import Lake
 
 SERVER = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
-META = ("_op", "_seq", "_ts")
+META = ("_op", "_seq", "_commit_ts")
 
 
 def server() -> pymysql.Connection[Any]:
@@ -446,7 +446,11 @@ def test_sigkill_at_any_step_loses_and_repeats_nothing(
         run(crash=True)  # while streaming those changes
     run(crash=False)
     warehouse = tmp_path / "warehouse" / "bronze"
-    applied = DeltaTable(str(warehouse / "orders")).to_pyarrow_table().drop_columns(["_seq", "_ts"])
+    applied = (
+        DeltaTable(str(warehouse / "orders"))
+        .to_pyarrow_table()
+        .drop_columns(["_seq", "_commit_ts"])
+    )
     assert by_id(applied.to_pylist()) == by_id(maria.rows("orders"))
     log = DeltaTable(str(warehouse / "orders_log")).to_pyarrow_table().to_pylist()
     streamed = [r for r in log if r["_op"] != "r"]
@@ -805,7 +809,9 @@ def test_soak_random_workload_with_random_crashes(tmp_path: Path, maria: Maria) 
     resumed = run_driver(tmp_path)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     applied = DeltaTable(str(tmp_path / "warehouse" / "bronze" / "orders")).to_pyarrow_table()
-    assert by_id(applied.drop_columns(["_seq", "_ts"]).to_pylist()) == by_id(maria.rows("orders"))
+    assert by_id(applied.drop_columns(["_seq", "_commit_ts"]).to_pylist()) == by_id(
+        maria.rows("orders")
+    )
     log = DeltaTable(str(tmp_path / "warehouse" / "bronze" / "orders_log")).to_pyarrow_table()
     streamed = [
         s

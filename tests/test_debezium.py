@@ -161,7 +161,7 @@ def test_postgres_events_with_schemas_land_as_typed_rows(tmp_path: Path) -> None
     assert apple["seen"] == datetime(2024, 3, 1, 10, 0, 0, 500000, tzinfo=UTC)
     assert apple["born"] == date(2022, 1, 8) and apple["tags"] == '{"a": [1, 2]}'
     assert apple["_seq"] == Decimal(120)
-    assert apple["_ts"] == datetime(2024, 3, 1, 12, 0, 0, 120000, tzinfo=UTC)  # source.ts_ms
+    assert apple["_commit_ts"] == datetime(2024, 3, 1, 12, 0, 0, 120000, tzinfo=UTC)  # source.ts_ms
     schema = lake.table("bronze.products").schema
     assert schema.field("price").type == pa.decimal128(10, 2)
     assert schema.field("born").type == pa.date32()
@@ -194,7 +194,7 @@ def test_mysql_events_one_per_file_in_arrays_and_in_lines(tmp_path: Path) -> Non
     lake = Lake(tmp_path)
     declare(lake, "landing/*")
     lake.run()
-    rows = lake.rows("bronze.products", "id", drop=("_seq", "_ts"))
+    rows = lake.rows("bronze.products", "id", drop=("_seq", "_commit_ts"))
     assert rows == [
         {"id": 1, "name": "a", "qty": 6},
         {"id": 2, "name": "b", "qty": 2},

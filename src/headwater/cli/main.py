@@ -25,6 +25,7 @@ from ..engine.run import TableRun
 from ..errors import ConfigError, HeadwaterError
 from ..project import Project
 from . import contract, render
+from .cdc import app as cdc_app
 from .graph import register_graph_commands
 from .orchestrate import register_orchestrate_commands
 
@@ -36,6 +37,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+app.add_typer(cdc_app, name="cdc")  # headwater cdc setup | status | teardown
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from .base import Increment, Position, ReadContext, Source
 from .cdc_mysql import MysqlCdcSource, cdc_mysql
+from .cdc_postgres import PostgresCdcSource, cdc_postgres
 from .debezium import DebeziumFilesSource, EnvelopeDecoder, debezium
 from .delta import DeltaSource, delta
 from .files import FilesSource, files
@@ -21,12 +22,14 @@ __all__ = [
     "MySqlSource",
     "MysqlCdcSource",
     "Position",
+    "PostgresCdcSource",
     "PostgresSource",
     "ReadContext",
     "Source",
     "SqliteSource",
     "Upstream",
     "cdc_mysql",
+    "cdc_postgres",
     "debezium",
     "delta",
     "files",

@@ -50,20 +50,15 @@ from pymysqlreplication.row_event import (  # type: ignore[import-untyped, unuse
 from ..errors import HeadwaterError
 from ._binlog_types import (
     MAX_ORDINAL,
-    SEQUENCE_TYPE,
     Convert,
     binlog_type,
     converter,
     gtid_sequence,
     position_sequence,
 )
+from ._change_rows import CHANGE_TYPE, CHANGE_TYPES, COMMIT_TS, OP, SEQUENCE, SEQUENCE_TYPE
 
 Mode = Literal["position", "gtid"]
-OP = "_op"
-SEQUENCE = "_seq"
-TIMESTAMP = "_ts"
-CHANGE_TYPE = "_change_type"
-_CHANGE_TYPES = {"c": "insert", "r": "insert", "u": "update_postimage", "d": "delete"}
 # Connection failures worth reconnecting for (server restart, network, killed dump thread).
 _TRANSIENT = {1053, 1317, 1927, 2002, 2003, 2006, 2013, 2055}
 _POSITION_LOST = {1236}
@@ -99,7 +94,7 @@ def meta_fields(change_type: bool) -> list[pa.Field]:
     fields = [
         pa.field(OP, pa.string()),
         pa.field(SEQUENCE, SEQUENCE_TYPE),
-        pa.field(TIMESTAMP, pa.timestamp("us", "UTC")),
+        pa.field(COMMIT_TS, pa.timestamp("us", "UTC")),
     ]
     if change_type:
         fields.append(pa.field(CHANGE_TYPE, pa.string()))
@@ -126,7 +121,7 @@ class RowBuffer:
 
     def meta_values(self, op: str, seq: int, ts: dt.datetime) -> tuple[Any, ...]:
         if self.change_type:
-            return (op, Decimal(seq), ts, _CHANGE_TYPES[op])
+            return (op, Decimal(seq), ts, CHANGE_TYPES[op])
         return (op, Decimal(seq), ts)
 
     def full_schema(self, data: pa.Schema) -> pa.Schema:

@@ -39,7 +39,6 @@ from pymysqlreplication.row_event import RowsEvent  # type: ignore[import-untype
 Convert = Callable[[Any], Any]
 
 # Components of a change's sequence number (decimal(38,0)); see sequence_of.
-SEQUENCE_TYPE = pa.decimal128(38, 0)
 _ORDINAL = 10**12  # changes within one transaction
 _POSITION = 10**10  # byte offsets within one binlog file (< 2**32)
 MAX_ORDINAL = _ORDINAL - 1

@@ -11,7 +11,7 @@ the committed position. Rows carry the table's columns plus
     _seq   decimal(38,0), increasing in log order: binlog file, offset of the
            transaction and the change's ordinal within it (with resume='gtid':
            the GTID sequence number and the ordinal)
-    _ts    when the change was logged (the snapshot's time for r rows)
+    _commit_ts  when the change was logged (the snapshot's time for r rows)
     _change_type  insert / update_postimage / delete: how merge, scd1 and scd2
            read the operation (a control column, never stored; change_type=False
            leaves it out, e.g. to keep deletes in an append-only change log)
@@ -60,10 +60,6 @@ from ._binlog_setup import (
     variables,
 )
 from ._binlog_stream import (
-    CHANGE_TYPE,
-    OP,
-    SEQUENCE,
-    TIMESTAMP,
     BinlogStream,
     Mode,
     Point,
@@ -78,6 +74,7 @@ from ._binlog_types import (
     schema_type,
     set_members,
 )
+from ._change_rows import CHANGE_TYPE, COMMIT_TS, OP, SEQUENCE
 from .base import Increment, Position, ReadContext, Source
 from .sql import decode_value, encode_value
 
@@ -352,7 +349,7 @@ class MysqlCdcSource(Source):
             (database, table),
         )
         columns = []
-        reserved = {OP, SEQUENCE, TIMESTAMP, CHANGE_TYPE}
+        reserved = {OP, SEQUENCE, COMMIT_TS, CHANGE_TYPE}
         for name, data_type, column_type, precision, scale in cur.fetchall():
             if str(name) in reserved:
                 raise ConfigError(

@@ -15,7 +15,7 @@ and becomes one row: the row image (`after`; `before` for deletes) plus
     _seq   decimal(38,0) in log order, from the source block: PostgreSQL's
            `lsn`; MySQL/MariaDB's binlog `file`, `pos` and `row` (the same
            numbering as cdc_mysql)
-    _ts    the source's commit time (`source.ts_ms`)
+    _commit_ts  the source's commit time (`source.ts_ms`)
     _change_type  insert / update_postimage / delete, for merge/scd1/scd2 (a
            control column, never stored; change_type=False leaves it out)
 
@@ -46,16 +46,16 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from ..errors import ConfigError, HeadwaterError
-from ._binlog_stream import CHANGE_TYPE, OP, SEQUENCE, TIMESTAMP, meta_fields
+from ._binlog_stream import meta_fields
 from ._binlog_types import position_sequence
+from ._change_rows import CHANGE_TYPE, CHANGE_TYPES, COMMIT_TS, OP, SEQUENCE
 from ._files_formats import Piece
 from .base import ReadContext
 from .files import FilesSource
 
 Format = Literal["auto", "ndjson", "json"]
 _OPS = {"c", "u", "d", "r"}
-_CHANGE_TYPES = {"c": "insert", "r": "insert", "u": "update_postimage", "d": "delete"}
-_RESERVED = {OP, SEQUENCE, TIMESTAMP, CHANGE_TYPE}
+_RESERVED = {OP, SEQUENCE, COMMIT_TS, CHANGE_TYPE}
 Convert = Callable[[Any], Any]
 
 
@@ -350,7 +350,7 @@ class EnvelopeDecoder:
             [c.ts for c in changes],
         ]
         if self.change_type:
-            meta_values.append([_CHANGE_TYPES[c.op] for c in changes])
+            meta_values.append([CHANGE_TYPES[c.op] for c in changes])
         for f, values in zip(meta, meta_values, strict=True):
             arrays.append(pa.array(values, f.type))
             fields.append(f)
