@@ -27,8 +27,10 @@ import pyarrow as pa
 import pymysql
 import pytest
 from deltalake import DeltaTable
+from typer.testing import CliRunner
 
 from headwater import table
+from headwater.cli.main import app
 from headwater.engine.position import read_committed_state
 from headwater.errors import ConfigError
 from headwater.sources._binlog_types import position_sequence
@@ -743,6 +745,49 @@ def test_prerequisites_name_what_is_missing_and_setup_fixes_variables(maria: Mar
         assert all(c.ok for c in check_prerequisites(maria.settings))
     finally:
         wait_for_server()  # FULL again, whatever happened
+
+
+def test_cdc_commands_and_run_from_the_cli(tmp_path: Path, maria: Maria) -> None:
+    """The user's path: cdc setup checks the server, run streams, cdc status shows where."""
+    maria.sql(ORDERS)
+    for i in range(1, 41):
+        maria.sql(
+            "INSERT INTO orders VALUES (%s, %s, %s, 'new', '2024-01-01 00:00:00.5', 'n')",
+            (i, f"c{i}", i),
+        )
+    connection = {k: v for k, v in maria.settings.items() if k != "password"}
+    (tmp_path / "headwater.toml").write_text(
+        '[project]\nname = "cdc"\n[defaults]\nchunk_rows = 10\n[connections.shop]\n'
+        + "".join(f"{k} = {json.dumps(v)}\n" for k, v in connection.items())
+    )
+    (tmp_path / "pipelines").mkdir()
+    write_pipeline(tmp_path, "cdc", PIPELINE)
+    cli = CliRunner()
+
+    def headwater(*args: str) -> Any:
+        return cli.invoke(app, ["--project", str(tmp_path), *args], env={"COLUMNS": "200"})
+
+    setup = headwater("cdc", "setup", "--dry-run")
+    assert setup.exit_code == 0, setup.output
+    assert "binlog_format" in setup.output and "failed" not in setup.output
+    assert headwater("run").exit_code == 0
+    mutate(maria, 220, 1)
+    ran = headwater("run")
+    assert ran.exit_code == 0, ran.output
+    applied = (
+        DeltaTable(str(tmp_path / "warehouse" / "bronze" / "orders"))
+        .to_pyarrow_table()
+        .drop_columns(["_seq", "_commit_ts"])
+    )
+    assert by_id(applied.to_pylist()) == by_id(maria.rows("orders"))
+    status = headwater("cdc", "status", "bronze.orders")
+    assert status.exit_code == 0, status.output
+    ((file, _pos, *_),) = maria.sql("SHOW MASTER STATUS")
+    # The table's committed binlog position is shown next to the table.
+    assert "bronze.orders" in status.output and f"{file}:" in status.output
+    # A table nobody declared is named, not silently ignored.
+    wrong = headwater("cdc", "status", "bronze.nope")
+    assert wrong.exit_code != 0 and "bronze.nope" in str(wrong.exception)
 
 
 def test_events_without_column_names_fail_with_the_setting_to_change(
