@@ -6,6 +6,8 @@ from .cdc_postgres import PostgresCdcSource, cdc_postgres
 from .debezium import DebeziumFilesSource, EnvelopeDecoder, debezium
 from .delta import DeltaSource, delta
 from .files import FilesSource, files
+from .generator import GeneratorSource, generator
+from .kafka import KafkaSource, kafka
 from .memory import MemorySource, memory
 from .mysql import MySqlSource, mysql
 from .postgres import PostgresSource, postgres
@@ -17,7 +19,9 @@ __all__ = [
     "DeltaSource",
     "EnvelopeDecoder",
     "FilesSource",
+    "GeneratorSource",
     "Increment",
+    "KafkaSource",
     "MemorySource",
     "MySqlSource",
     "MysqlCdcSource",
@@ -33,6 +37,8 @@ __all__ = [
     "debezium",
     "delta",
     "files",
+    "generator",
+    "kafka",
     "memory",
     "mysql",
     "postgres",
