@@ -752,3 +752,33 @@ def test_whole_table_not_null_counts_come_from_parquet_footers_exactly(tmp_path:
     results = by_check(g.check_all(lake.target("silver.payments").dataset()))
     assert results["not_null(email)"].failing_rows == 3 and results["not_null(email)"].blocks
     assert results["not_null(id)"].passed
+
+
+def test_a_merge_checks_only_the_newest_version_of_a_key_in_one_increment(tmp_path: Path) -> None:
+    lake, feed = landed(
+        tmp_path,
+        """
+        schema:
+          - name: payments
+            properties:
+              - {name: id, primaryKey: true}
+              - {name: amount, logicalTypeOptions: {minimum: 0}}
+    """,
+        strategy="merge",
+        keys=["id"],
+        version_column="v",
+    )
+    # Payment 1 was wrong and corrected at the source before the run read it: only the
+    # correction is published, so only it is checked.
+    feed.push([{"id": 1, "v": 2, "amount": 5.0}, {"id": 1, "v": 1, "amount": -1.0}])
+    feed.push([{"id": 2, "v": 1, "amount": 7.0}])
+    lake.run()
+    assert [(r["id"], r["amount"]) for r in lake.rows("silver.payments", "id")] == [
+        (1, 5.0),
+        (2, 7.0),
+    ]
+    # The newest version is the wrong one: the batch is blocked.
+    feed.push([{"id": 2, "v": 2, "amount": 8.0}, {"id": 2, "v": 3, "amount": -8.0}])
+    (blocked,) = lake.run(check=False)
+    assert blocked.status == "failed" and "range(amount) (1 rows)" in str(blocked.error)
+    assert [r["amount"] for r in lake.rows("silver.payments", "id")] == [5.0, 7.0]

@@ -186,6 +186,7 @@ def run(
         project, tables, render.err(), full_refresh=full_refresh, interval=interval
     )
     render.out().print(render.run_summary(results, current_versions(project, results)))
+    contract.print_check_summary(project, results)  # what the contracts' checks found
     render.run_failures(results, debug=OPTIONS.debug)
     if any(r.status in render.FAILED for r in results):
         raise typer.Exit(1)

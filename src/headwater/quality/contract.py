@@ -32,9 +32,10 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import yaml
 
+from .._sql import cols, q
 from .._units import parse_duration
 from ..errors import ConfigError, HeadwaterError
-from ..tables.strategies.base import CHANGE_TYPE
+from ..tables.strategies.base import CHANGE_TYPE, COMMIT_VERSION
 from .checks import (
     AcceptedValues,
     Bound,
@@ -60,7 +61,7 @@ from .checks import (
     Violations,
     VolumeChange,
 )
-from .checks.base import INCREMENT_VIEW, TABLE_VIEW, scan
+from .checks.base import INCREMENT_VIEW, TABLE_VIEW, fetch_arrow, scan
 from .checks.custom_sql import short, syntax_error
 from .evaluate import check_dataset, check_increment, connect
 from .gate import CheckResult, RowOutcome, Severity
@@ -116,6 +117,8 @@ _UNIT_WORDS = {
     "weeks": "w",
 }
 _YEAR_WORDS = frozenset({"y", "yr", "year", "years"})
+# Strategies that keep the newest row of a key when an increment holds several.
+COLLAPSING = frozenset({"merge", "scd1", "scd2"})
 
 
 @dataclass
@@ -632,10 +635,47 @@ class ContractGate:
             return RowOutcome(increment)
         env = self._env()
         try:
+            latest = self._latest_per_key(env, increment)
+            if latest is not None:
+                increment = increment.filter(latest)
             outcome = check_increment(runnable, increment, env)
         finally:
             env.con.close()
         return RowOutcome(outcome.good, outcome.rejected, list[CheckResult](outcome.results))
+
+    def _latest_per_key(self, env: Env, increment: pa.Table) -> pa.Array | None:
+        """For a table that keeps one row per key of an increment, which rows it keeps.
+
+        An increment may hold several versions of a key (a row corrected at the
+        source after a blocked run): only the newest is published, so only it is
+        checked, and the older ones are dropped here as the strategy would drop
+        them. None when every row counts.
+        """
+        spec = self.project.tables.get(self.table) if self.project is not None else None
+        if spec is None or spec.strategy not in COLLAPSING or not spec.options.keys:
+            return None
+        if spec.strategy == "scd2" and spec.options.valid_from_column:
+            return None  # every version of a key is kept
+        names = increment.schema.names
+        keys = list(spec.options.keys)
+        order = spec.options.order_by or spec.options.version_column
+        if order is None and COMMIT_VERSION in names:
+            order = COMMIT_VERSION
+        if order is None or order not in names or any(k not in names for k in keys):
+            return None  # the strategy rejects such duplicates itself
+        if increment.group_by(keys).aggregate([]).num_rows == increment.num_rows:
+            return None  # one row per key: the usual case
+        positions = pa.array(range(increment.num_rows), pa.int64())
+        env.con.register(
+            "__hw_versions", increment.select([*keys, order]).append_column("__hw_at", positions)
+        )
+        # As the strategy orders them: newest first, a NULL order never wins, then arrival.
+        newest = fetch_arrow(
+            env.con,
+            "SELECT __hw_at FROM __hw_versions QUALIFY row_number() OVER "
+            f"(PARTITION BY {cols(keys)} ORDER BY {q(order)} DESC NULLS LAST, __hw_at DESC) = 1",
+        ).column(0)
+        return pc.is_in(positions, value_set=newest.combine_chunks())
 
     def check_table(self, would_be: ds.Dataset, increment: pa.Table) -> list[CheckResult]:
         env = self._env()
