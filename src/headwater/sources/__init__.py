@@ -6,7 +6,6 @@ from .cdc_postgres import PostgresCdcSource, cdc_postgres
 from .debezium import DebeziumFilesSource, EnvelopeDecoder, debezium
 from .delta import DeltaSource, delta
 from .files import FilesSource, files
-from .generator import GeneratorSource, generator
 from .kafka import KafkaSource, kafka
 from .memory import MemorySource, memory
 from .mysql import MySqlSource, mysql
@@ -19,7 +18,6 @@ __all__ = [
     "DeltaSource",
     "EnvelopeDecoder",
     "FilesSource",
-    "GeneratorSource",
     "Increment",
     "KafkaSource",
     "MemorySource",
@@ -37,7 +35,6 @@ __all__ = [
     "debezium",
     "delta",
     "files",
-    "generator",
     "kafka",
     "memory",
     "mysql",
