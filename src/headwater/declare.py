@@ -32,6 +32,7 @@ from .orchestrate.triggers.base import Trigger
 from .quality.gate import Gate
 from .sources.base import Source
 from .sources.upstream import Upstream
+from .stream.spec import Stream
 from .tables.schema_policy import POLICIES
 from .tables.strategies import WriteOptions, WriteStrategy, get_strategy
 
@@ -81,6 +82,8 @@ class TableSpec:
 
     # When `headwater serve` / `headwater backfill` run it (docs/orchestrate.md).
     orchestration: Orchestration = field(default_factory=Orchestration)
+    # A streaming table: event time, watermark and stream operators (docs/streaming.md).
+    stream: Stream | None = None
 
     @property
     def layer(self) -> str:
@@ -188,6 +191,7 @@ def table(
     lookback: Duration | None = None,
     retries: RetryPolicy | int | None = None,
     sla: Sla | Sequence[Sla] | None = None,
+    stream: Stream | None = None,
 ) -> _Declaration:
     """Declare a table. See the module docstring and docs/tables.md for every option."""
     frame = inspect.stack()[1]
@@ -291,6 +295,13 @@ def table(
         gate=gate,
         orchestration=scheduling,
     )
+    if stream is not None:
+        if not isinstance(stream, Stream):
+            raise ConfigError(
+                f"{defined_at}: table {name}: stream= takes stream(...) from headwater.stream"
+            )
+        spec.stream = stream
+        stream.bind(spec)
     collector = _collector.get()
     (collector if collector is not None else _declared).append(spec)
     return _Declaration(spec)

@@ -28,6 +28,7 @@ from . import contract, render
 from .cdc import app as cdc_app
 from .graph import register_graph_commands
 from .orchestrate import register_orchestrate_commands
+from .stream import app as stream_app
 
 app = typer.Typer(
     name="headwater",
@@ -38,6 +39,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(cdc_app, name="cdc")  # headwater cdc setup | status | teardown
+app.add_typer(stream_app, name="stream")  # headwater stream lateness TABLE
 
 
 @dataclass

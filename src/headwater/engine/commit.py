@@ -44,6 +44,8 @@ class CommitRequest:
     checkpoint_interval: int = 100
     interval: list[str] | None = None  # [start, end) of an interval run
     side_versions: dict[str, int] = field(default_factory=dict)  # side table -> its version
+    # A streaming table's checkpoint (watermarks, state version...): docs/streaming.md.
+    stream: dict[str, Any] | None = None
 
     def metadata(self, staged: StagedWrite) -> dict[str, Any]:
         meta: dict[str, Any] = {
@@ -64,6 +66,8 @@ class CommitRequest:
             meta["interval"] = self.interval
         if self.side_versions:
             meta["side_versions"] = self.side_versions
+        if self.stream is not None:
+            meta["stream"] = self.stream
         return {META_KEY: meta}
 
 
@@ -126,6 +130,8 @@ def carry_forward(target: DeltaTarget, app: str | None, operation: str) -> Commi
     }
     if state.side_versions:
         meta["side_versions"] = state.side_versions
+    if state.stream is not None:
+        meta["stream"] = state.stream
     return CommitProperties(custom_metadata={META_KEY: meta})
 
 

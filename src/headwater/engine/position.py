@@ -26,6 +26,8 @@ class CommittedState:
     version: int | None = None  # the table version that holds them
     # Versions of the side tables (state, late events...) that go with this batch.
     side_versions: dict[str, int] = field(default_factory=dict)
+    # A streaming table's checkpoint (watermarks, state version...), None for other tables.
+    stream: dict[str, Any] | None = None
 
     def position(self, alias: str) -> Any:
         return self.positions.get(alias)
@@ -49,6 +51,7 @@ def read_committed_state(target: DeltaTarget, app: str) -> CommittedState:
                     dict(meta.get("positions") or {}),
                     int(entry["version"]),
                     {str(k): int(v) for k, v in (meta.get("side_versions") or {}).items()},
+                    meta.get("stream"),
                 )
         if len(entries) < limit:
             break

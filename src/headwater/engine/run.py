@@ -22,7 +22,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -84,6 +84,7 @@ class TableRun:
     # transient | upstream-not-ready | data-quality | fatal (errors.failure_kind)
     failure: str | None = None
     positions: dict[str, Any] = field(default_factory=dict)  # committed after the run
+    side_versions: dict[str, int] = field(default_factory=dict)  # recorded by its last commit
 
 
 @dataclass
@@ -281,6 +282,9 @@ class Runner:
         if self.interval is not None:
             self._attempt_interval(spec, target, strategy, state, positions, run, read_ctx)
             return
+        if spec.stream is not None:
+            self._attempt_stream(spec, target, strategy, state, run, read_ctx, full_refresh)
+            return
         source = spec.source
         self.progress(spec.name, "reading")
         if source is not None:
@@ -407,6 +411,92 @@ class Runner:
             False,
         )
 
+    def _attempt_stream(
+        self,
+        spec: TableSpec,
+        target: DeltaTarget,
+        strategy: WriteStrategy,
+        state: CommittedState,
+        run: TableRun,
+        read_ctx: ReadContext,
+        full_refresh: bool,
+    ) -> None:
+        """A streaming table: commit micro-batch after micro-batch until the inputs
+        have nothing more (see docs/streaming.md)."""
+        from ..stream.engine import StreamRun, check
+
+        check(spec)
+        stream = StreamRun(spec, self.project, state, read_ctx, full_refresh, self.threads)
+        try:
+            positions = stream.positions
+            for alias, source in spec.inputs.items():
+                if positions.get(alias) is not None and not full_refresh:
+                    source.acknowledge(positions[alias], read_ctx)
+            batch = state.batch
+            side_versions = dict(state.side_versions)
+            self.progress(spec.name, "reading")
+            for micro in stream.micro_batches():
+                failpoint("after_read")
+                if spec.transform is None:
+                    data = {a: _as_reader(i.data).read_all() for a, i in micro.increments.items()}
+                else:
+                    # The table's function pre-processes the micro-batch (one input).
+                    con = duckdb.connect(config={"threads": self.threads})
+                    try:
+                        reader, side = self._transform(spec, con, micro.increments, full_refresh)
+                        data = {next(iter(micro.increments)): reader.read_all()}
+                    finally:
+                        con.close()
+                    if side:
+                        raise ConfigError(
+                            f"table {spec.name}: a streaming table's function returns rows "
+                            "only; its side tables (__state, __late) are the stream's"
+                        )
+                produced = stream.process(data, micro, batch + 1)
+                increments = dict(micro.increments)
+                if produced.rejected is not None:
+                    first = next(iter(increments))
+                    increments[first] = _with_rejected(increments[first], produced.rejected)
+                rows = produced.rows
+                if rows is None:
+                    if not target.refresh().exists:
+                        stream.abandon()  # nothing to write, and no table to hold a position yet
+                        continue
+                    rows = pa.schema(target.table.schema()).empty_table()
+                new_positions = {**positions, **micro.positions}
+                committed = self._write(
+                    spec,
+                    target,
+                    strategy,
+                    increments,
+                    replace(state, side_versions=side_versions),
+                    positions,
+                    new_positions,
+                    batch + 1,
+                    run,
+                    full_refresh,
+                    produced=(_as_reader(rows), produced.side),
+                    stream=produced.checkpoint,
+                )
+                if not committed:
+                    stream.abandon()
+                    continue
+                batch += 1
+                side_versions = dict(run.side_versions)
+                stream.committed(batch, side_versions)
+                positions = new_positions
+                stream.advance_positions(positions)
+                full_refresh = False
+                from ..stream.metrics import fold, summary
+
+                fold(run.metrics, produced.metrics)
+
+                self.progress(spec.name, summary(batch, produced.metrics, produced.watermark))
+                for alias, increment in micro.increments.items():
+                    spec.inputs[alias].acknowledge(increment.position, read_ctx)
+        finally:
+            stream.close()
+
     # -- writing ----------------------------------------------------------------
     def _write(
         self,
@@ -420,10 +510,22 @@ class Runner:
         batch: int,
         run: TableRun,
         full_refresh: bool,
+        produced: tuple[pa.RecordBatchReader, dict[str, SideOutput]] | None = None,
+        stream: dict[str, Any] | None = None,
     ) -> bool:
+        """Transform (unless `produced` already holds the output), stage and commit one batch.
+
+        `stream` is a streaming table's checkpoint: it goes into the commit, and
+        with the new positions into the side commits made before it.
+        """
         con = duckdb.connect(config={"threads": self.threads})
         try:
-            reader, side = self._transform(spec, con, increments, full_refresh, state.side_versions)
+            if produced is not None:
+                reader, side = produced
+            else:
+                reader, side = self._transform(
+                    spec, con, increments, full_refresh, state.side_versions
+                )
             self.progress(spec.name, "writing")
             stage = self._stage(spec, target, strategy, reader, full_refresh, run)
             staged, schema, snapshot = stage.staged, stage.schema, stage.snapshot
@@ -441,10 +543,13 @@ class Runner:
             return False
         self._check_table(spec, target, stage)
         failpoint("after_stage")
+        # Side tables first: for a stream, they record where the batch ends.
+        side_versions = self._write_side_outputs(
+            spec, batch, side, state.side_versions, new_positions if stream else None, stream
+        )
         self._quarantine(
             spec, batch, [*[i.rejected for i in increments.values()], stage.rejected], run
         )
-        side_versions = self._write_side_outputs(spec, batch, side, state.side_versions)
         failpoint("after_quarantine")
         self._commit(
             spec,
@@ -457,18 +562,33 @@ class Runner:
             run,
             full_refresh,
             side_versions,
+            stream,
         )
         self._audit(spec, stage.checks, published=True)
         return True
 
     def _write_side_outputs(
-        self, spec: TableSpec, batch: int, side: dict[str, SideOutput], committed: dict[str, int]
+        self,
+        spec: TableSpec,
+        batch: int,
+        side: dict[str, SideOutput],
+        committed: dict[str, int],
+        positions: dict[str, Any] | None = None,
+        stream: dict[str, Any] | None = None,
     ) -> dict[str, int]:
         """Commit the batch's side outputs before the main commit; the versions to record."""
         versions = dict(committed)
         for name, output in sorted(side.items()):
             versions[name] = write_side_output(
-                self.project, spec.name, name, batch, self.run_id, self.run_ts, output
+                self.project,
+                spec.name,
+                name,
+                batch,
+                self.run_id,
+                self.run_ts,
+                output,
+                positions,
+                stream,
             )
         return versions
 
@@ -570,6 +690,7 @@ class Runner:
         run: TableRun,
         full_refresh: bool,
         side_versions: dict[str, int] | None = None,
+        stream: dict[str, Any] | None = None,
     ) -> None:
         request = CommitRequest(
             app=spec.app_id,
@@ -586,6 +707,7 @@ class Runner:
             checkpoint_interval=self.project.config.maintenance.checkpoint_interval,
             interval=self.interval.as_json() if self.interval is not None else None,
             side_versions=side_versions or {},
+            stream=stream,
         )
         try:
             commit(target, snapshot, staged, request)
@@ -595,6 +717,7 @@ class Runner:
         failpoint("after_commit")
         run.commits += 1
         run.positions = positions
+        run.side_versions = dict(side_versions or {})
         run.metrics.update(staged.metrics)
         run.version = find_commit_version(target, spec.app_id, batch, self.run_id)
         self.progress(spec.name, f"committed version {run.version}")
@@ -784,6 +907,13 @@ class Runner:
         self, spec: TableSpec, checks: list[tuple[str, CheckResult]], published: bool
     ) -> None:
         record_checks(self.project, spec.name, self.run_id, self.run_ts, checks, published)
+
+
+def _with_rejected(increment: Increment, rejected: pa.Table) -> Increment:
+    """The increment with more rows for the quarantine."""
+    both = [t for t in (increment.rejected, rejected) if t is not None]
+    merged = pa.concat_tables(both, promote_options="permissive")
+    return replace(increment, rejected=merged)
 
 
 def _as_reader(data: Any) -> pa.RecordBatchReader:

@@ -66,11 +66,15 @@ def write_side_output(
     run_id: str,
     run_ts: datetime,
     output: SideOutput,
+    positions: dict[str, Any] | None = None,
+    stream: dict[str, Any] | None = None,
 ) -> int:
     """Commit `output` as batch `batch` of `<table>__<name>`; returns that table's version.
 
     If the batch is there already (an earlier attempt got this far), nothing is
-    written and the version that holds it is returned.
+    written and the version that holds it is returned. `positions` and `stream`
+    (a streaming table's end positions and checkpoint for the batch) are recorded
+    in the side commit, so a replay of the batch can read exactly the same input.
     """
     full_name = side_table_name(table, name)
     target = project.target(full_name).refresh()
@@ -116,11 +120,12 @@ def write_side_output(
         run_id=run_id,
         run_ts=run_ts.isoformat(),
         table=full_name,
-        positions={},
+        positions=positions or {},
         strategy=output.strategy,
         schema=plan.table_schema,
         partition_by=(),
         description=output.description,
+        stream=stream,
     )
     commit(target, snapshot, staged, request)
     written = target.refresh().load()

@@ -6,6 +6,7 @@ from .cdc_postgres import PostgresCdcSource, cdc_postgres
 from .debezium import DebeziumFilesSource, EnvelopeDecoder, debezium
 from .delta import DeltaSource, delta
 from .files import FilesSource, files
+from .generator import GeneratorSource, generator
 from .kafka import KafkaSource, kafka
 from .memory import MemorySource, memory
 from .mysql import MySqlSource, mysql
@@ -18,6 +19,7 @@ __all__ = [
     "DeltaSource",
     "EnvelopeDecoder",
     "FilesSource",
+    "GeneratorSource",
     "Increment",
     "KafkaSource",
     "MemorySource",
@@ -35,6 +37,7 @@ __all__ = [
     "debezium",
     "delta",
     "files",
+    "generator",
     "kafka",
     "memory",
     "mysql",

@@ -1,0 +1,70 @@
+"""Aggregation over fixed windows (tumbling, sliding) and running aggregates per key.
+
+Per micro-batch: each event is assigned its windows; a contribution is
+accepted while the watermark at the event's arrival has not passed the
+window's end plus the allowed lateness; accepted contributions are aggregated
+per key and window into partials and merged into the window's state row. An
+event with no accepted window is late. Emission and expiry follow (`emit`).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from ..._sql import q
+from .. import emit
+from ..frame import Frame, micros
+from ..spec import Sliding, Tumbling
+from . import assignment
+from .common import check_columns, column_types, group_key, input_columns, partial_sql, upsert
+
+OPERATOR = "windows"
+
+
+def aggregate(frame: Frame, events: str, source: str) -> pa.Table | None:
+    stream = frame.stream
+    types = column_types(frame.con, events)
+    check_columns(frame, types)
+    groups = stream.group_by
+    carried = ", ".join(q(c) for c in input_columns(frame))
+    window = stream.window
+    if window is None:
+        start, end, accepted, explode, where = "NULL::BIGINT", "NULL::BIGINT", "TRUE", "", ""
+    else:
+        assert isinstance(window, Tumbling | Sliding)
+        plan = assignment(window)
+        start = plan.start
+        end = f"({plan.start} + {plan.size})"
+        accepted = f"{end} + {frame.lateness} > _wm"
+        explode = f" CROSS JOIN range({plan.copies}) AS _r(_k)" if plan.copies > 1 else ""
+        where = f" WHERE {end} > _ts" if plan.copies > 1 else ""
+    contributions = frame.materialise(
+        "contrib",
+        f"SELECT {group_key(groups)} AS _gkey, {start} AS window_start, {end} AS window_end, "
+        f"{carried + ', ' if carried else ''}_ts, _seq, _wm, {accepted} AS _ok "
+        f"FROM {q(events)}{explode}{where}",
+    )
+    if window is not None:
+        frame.record_late(
+            events,
+            f"_seq IN (SELECT _seq FROM {q(contributions)} GROUP BY _seq HAVING NOT bool_or(_ok))",
+            "window closed",
+            source,
+        )
+    partial = frame.con.sql(
+        "SELECT _gkey || '@' || coalesce(window_start::VARCHAR, '') AS _key, _gkey, "
+        + "".join(f"any_value({q(g)}) AS {q(g)}, " for g in groups)
+        + "window_start, any_value(window_end) AS window_end, max(_ts) AS _last_ts, "
+        + partial_sql(frame, types)
+        + f" FROM {q(contributions)} WHERE _ok GROUP BY _gkey, window_start"
+    ).to_arrow_table()
+    touched = upsert(
+        frame, OPERATOR, partial, ["_gkey", *groups, "window_start", "window_end"], types
+    )
+    rows = emit.emit(frame, OPERATOR, touched, windowed=window is not None)
+    if window is not None:
+        emit.expire(frame, OPERATOR, f"window_end + {frame.lateness} <= {frame.watermark}")
+    elif stream.state_ttl is not None:
+        ttl = micros(stream.state_ttl)
+        emit.expire(frame, OPERATOR, f"_last_ts + {ttl} <= {frame.watermark}")
+    return rows
