@@ -460,8 +460,11 @@ class Runner:
                 rows = produced.rows
                 if rows is None:
                     if not target.refresh().exists:
-                        stream.abandon()  # nothing to write, and no table to hold a position yet
-                        continue
+                        # Nothing to write and no table to hold a position yet (an interval
+                        # join whose other input has delivered nothing): stop here, so the
+                        # next run reads this micro-batch again.
+                        stream.abandon()
+                        break
                     rows = pa.schema(target.table.schema()).empty_table()
                 new_positions = {**positions, **micro.positions}
                 committed = self._write(

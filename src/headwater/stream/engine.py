@@ -40,7 +40,7 @@ from .inputs import MicroBatch, micro_batches
 from .joins import interval, temporal
 from .metrics import rates
 from .spec import Session, Stream, TemporalJoin
-from .state import SIDE, StateStore, Tag
+from .state import PREFIX, SIDE, StateStore, Tag
 from .watermark import advance
 from .windows import fixed, session
 
@@ -268,31 +268,30 @@ class StreamRun:
     ) -> pa.Table | None:
         stream = self.stream
         main_alias = aliases[0]
-        if main_alias not in events:
-            main = self._empty_events(frame, main_alias)
-        else:
-            main = events[main_alias]
         source = self._describe(main_alias)
-        if stream.dedup is not None:
-            main = deduplicate.deduplicate(frame, main, source)
-        dims = dict(self.plan_dims())
-        for join in stream.joins:
-            if isinstance(join, TemporalJoin):
-                version = dims.get(join.table)
-                if version is None:
-                    version = temporal.current_version(self.project, join, self.spec.name)
-                checkpoint.dims[join.table] = version
-                main = temporal.join(frame, main, join, self.project, version)
-        if stream.interval_join is not None:
-            other_alias = stream.interval_join.other
-            other = events.get(other_alias) or self._empty_events(frame, other_alias)
-            main = interval.join(
-                frame,
-                main,
-                other,
-                stream.interval_join,
-                (source, self._describe(other_alias)),
-            )
+        main = events.get(main_alias)
+        if main is not None:
+            if stream.dedup is not None:
+                main = deduplicate.deduplicate(frame, main, source)
+            dims = dict(self.plan_dims())
+            for join in stream.joins:
+                if isinstance(join, TemporalJoin):
+                    version = dims.get(join.table)
+                    if version is None:
+                        version = temporal.current_version(self.project, join, self.spec.name)
+                    checkpoint.dims[join.table] = version
+                    main = temporal.join(frame, main, join, self.project, version)
+        paired = stream.interval_join
+        if paired is not None:
+            # A side without events in this micro-batch joins as an empty relation shaped
+            # like its held rows; a side that never delivered anything cannot join yet.
+            main = main or self._held_shape(frame, interval.LEFT)
+            other = events.get(paired.other) or self._held_shape(frame, interval.RIGHT)
+            if main is None or other is None:
+                return None
+            main = interval.join(frame, main, other, paired, (source, self._describe(paired.other)))
+        if main is None:
+            return None  # nothing arrived (an increment that only moves the position)
         if stream.aggregating:
             if isinstance(stream.window, Session):
                 rows = session.aggregate(frame, main, source)
@@ -310,14 +309,14 @@ class StreamRun:
             interval.expire(frame, stream.interval_join)
         return rows
 
-    def _empty_events(self, frame: Frame, alias: str) -> str:
-        """An input with nothing in this micro-batch: its events so far have a shape in
-        the state; before any, it cannot be joined yet."""
-        source = self.spec.inputs[alias]
-        raise ConfigError(
-            f"table {self.spec.name}: input {alias} ({source.describe()}) delivered no events "
-            "yet, so the stream cannot know its columns",
-            "run the stream once both inputs have events",
+    def _held_shape(self, frame: Frame, operator: str) -> str | None:
+        """An empty relation with the columns of an interval join side's held events."""
+        if not self.store.has(operator):
+            return None
+        return frame.materialise(
+            "held_shape",
+            f"SELECT * EXCLUDE (_key, _born), NULL::BIGINT AS _wm FROM {q(PREFIX + operator)} "
+            "WHERE FALSE",
         )
 
     def plan_dims(self) -> dict[str, int]:

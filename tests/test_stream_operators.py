@@ -1,0 +1,400 @@
+"""Stream operators one by one, on real Delta tables: joins, idle partitions, re-emission,
+running aggregates with a state TTL, micro-batch bounds, metrics and the lateness report."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from headwater import table
+from headwater.sources.generator import GeneratorSource
+from headwater.stream import (
+    count,
+    interval_join,
+    stream,
+    sum_,
+    temporal_join,
+    tumbling,
+)
+
+from . import stream_oracle as oracle
+from .conftest import run_cli, write_pipeline
+from .lake import Feed, Lake
+
+SECOND = 1_000_000
+BASE = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def at(seconds: float) -> datetime:
+    return BASE + timedelta(seconds=seconds)
+
+
+def us(value: datetime) -> int:
+    return int(value.timestamp() * SECOND)
+
+
+# -- stream-stream interval join ------------------------------------------------------------
+
+
+def test_interval_join_pairs_exactly_the_on_time_events_within_the_interval(
+    tmp_path: Path,
+) -> None:
+    rng = random.Random(4)
+    views, clicks = Feed([]), Feed([])
+    lake = Lake(tmp_path)
+    lake.declare(
+        lambda: (
+            table("bronze.views", source=views),
+            table("bronze.clicks", source=clicks),
+            table(
+                "silver.clicked",
+                inputs={"views": "bronze.views", "clicks": "bronze.clicks"},
+                stream=stream(
+                    event_time="ts",
+                    watermark="5s",
+                    join=interval_join("clicks", on="ad", lower="0s", upper="30s"),
+                ),
+            ),
+        )
+    )
+    # A micro-batch reads what each upstream committed since the last one: the views
+    # first, then the clicks. That is the arrival order the oracle follows.
+    arrivals: list[tuple[str, dict[str, Any]]] = []
+    pending: dict[str, list[dict[str, Any]]] = {"views": [], "clicks": []}
+    clock = 0.0
+    for batch in range(10):
+        for side, feed in (("views", views), ("clicks", clicks)):
+            if batch in (4, 5) and side == "clicks":
+                continue  # micro-batches where one input has nothing
+            rows = []
+            for i in range(rng.randint(1, 6)):
+                clock += rng.randint(0, 6)
+                behind = rng.choice([0, 0, 3, 40])  # some beyond the watermark delay
+                rows.append(
+                    {
+                        "id": f"{side[0]}{batch}-{i}",
+                        "ad": rng.choice("xy"),
+                        "ts": at(clock - behind),
+                    }
+                )
+            feed.push(rows)
+            pending[side] += rows
+        if batch % 3 != 1:
+            lake.run()
+            arrivals += [("views", r) for r in pending["views"]]
+            arrivals += [("clicks", r) for r in pending["clicks"]]
+            pending = {"views": [], "clicks": []}
+
+    events = [
+        oracle.Event(i, us(r["ts"]), side, {**r, "side": side})
+        for i, (side, r) in enumerate(arrivals)
+    ]
+    wms = oracle.watermarks(events, 5 * SECOND, None).watermarks
+    on_time = [e for e, wm in zip(events, wms, strict=True) if e.ts >= wm]
+    expected = sorted(
+        (v.row["id"], c.row["id"])
+        for v in on_time
+        if v.row["side"] == "views"
+        for c in on_time
+        if c.row["side"] == "clicks"
+        and v.row["ad"] == c.row["ad"]
+        and v.ts <= c.ts <= v.ts + 30 * SECOND
+    )
+    got = lake.table("silver.clicked")
+    assert (
+        sorted(zip(got.column("id").to_pylist(), got.column("clicks_id").to_pylist(), strict=True))
+        == expected
+    )
+    assert expected, "the case pairs nothing: it would prove nothing"
+    late = lake.table("silver.clicked__late")
+    assert sorted(late.column("id").to_pylist()) == sorted(
+        e.row["id"] for e, wm in zip(events, wms, strict=True) if e.ts < wm
+    )
+    assert set(late.column("_reason").to_pylist()) == {"join horizon"}
+
+
+# -- stream-table temporal join ---------------------------------------------------------------
+
+
+def test_temporal_join_takes_the_dimension_version_valid_at_event_time(tmp_path: Path) -> None:
+    customers, orders = Feed([]), Feed([])
+    lake = Lake(tmp_path)
+    lake.declare(
+        lambda: (
+            table(
+                "silver.customers",
+                source=customers,
+                strategy="scd2",
+                keys=["customer_id"],
+                valid_from_column="changed_at",
+            ),
+            table(
+                "silver.orders",
+                source=orders,
+                stream=stream(
+                    event_time="ts",
+                    join=temporal_join("silver.customers", on="customer_id", columns=["segment"]),
+                ),
+            ),
+        )
+    )
+    customers.push(
+        [
+            {"customer_id": 1, "segment": "bronze", "changed_at": at(0)},
+            {"customer_id": 2, "segment": "silver", "changed_at": at(0)},
+        ]
+    )
+    lake.run("silver.customers")
+    customers.push([{"customer_id": 1, "segment": "gold", "changed_at": at(100)}])
+    lake.run("silver.customers")
+    orders.push(
+        [
+            {"order_id": "a", "customer_id": 1, "ts": at(50)},  # before the upgrade
+            {"order_id": "b", "customer_id": 1, "ts": at(150)},  # after it
+            {"order_id": "c", "customer_id": 2, "ts": at(10)},
+            {"order_id": "d", "customer_id": 3, "ts": at(10)},  # unknown customer: left join
+            {"order_id": "e", "customer_id": 1, "ts": at(-10)},  # before the customer existed
+        ]
+    )
+    lake.run("silver.orders")
+    got = {r["order_id"]: r["segment"] for r in lake.table("silver.orders").to_pylist()}
+    assert got == {"a": "bronze", "b": "gold", "c": "silver", "d": None, "e": None}
+    # The dimension version read is recorded with the micro-batch (a replay reads the same).
+    history = lake.target("silver.orders").table.history(1)[0]
+    assert history["headwater"]["stream"]["dims"] == {
+        "silver.customers": lake.version("silver.customers")
+    }
+
+
+# -- idle partitions ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("idle_timeout", [None, "1m"])
+def test_an_idle_partition_stops_holding_the_watermark_back_after_the_timeout(
+    tmp_path: Path, idle_timeout: str | None
+) -> None:
+    source = GeneratorSource(
+        600, partitions=3, seed=2, every="1s", idle_partition=1, idle_after=30, batch_size=100
+    )
+    lake = Lake(tmp_path)
+    lake.declare(
+        lambda: table(
+            "silver.per_minute",
+            source=source,
+            stream=stream(
+                event_time="ts",
+                watermark="5s",
+                idle_timeout=idle_timeout,
+                window=tumbling("1m"),
+                group_by=["key"],
+                aggregates={"n": count(), "total": sum_("amount")},
+            ),
+        )
+    )
+    lake.run()
+    rows = source.rows(0, 600).to_pylist()
+    events = [oracle.Event(i, us(r["ts"]), str(r["partition"]), r) for i, r in enumerate(rows)]
+    idle = None if idle_timeout is None else 60 * SECOND
+    judged = oracle.watermarks(events, 5 * SECOND, idle)
+    pairs, late = oracle.tumbling_windows(
+        events, judged.watermarks, list(range(len(events))), 60 * SECOND, 0
+    )
+    expected = oracle.aggregate_sql(events, pairs, 60 * SECOND, ["key"], judged.final)
+    got = lake.table("silver.per_minute") if lake.target("silver.per_minute").exists else None
+    closed = 0 if got is None else got.num_rows
+    assert closed == len(expected)
+    if idle_timeout is None:
+        # Partition 1 went quiet at its 30th event: the watermark stays there.
+        assert max((r["window_end"] for r in expected), default=0) <= us(at(31))
+    else:
+        assert closed > 20  # windows close as the other partitions move on
+        assert sorted(
+            (r["key"], us(r["window_start"]), r["n"], r["total"]) for r in got.to_pylist()
+        ) == sorted((r["key"], r["window_start"], r["n"], int(r["total"])) for r in expected)
+    assert not late
+
+
+# -- allowed lateness: re-emission by upsert -------------------------------------------------
+
+
+def test_allowed_lateness_re_emits_the_window_and_later_events_go_to_late(
+    tmp_path: Path,
+) -> None:
+    feed = Feed([])
+    lake = Lake(tmp_path)
+    lake.declare(
+        lambda: table(
+            "silver.per_minute",
+            source=feed,
+            stream=stream(
+                event_time="ts",
+                watermark="0s",
+                window=tumbling("1m"),
+                aggregates={"n": count(), "total": sum_("amount")},
+                allowed_lateness="1m",
+            ),
+        )
+    )
+    feed.push([{"id": 1, "ts": at(10), "amount": 1}, {"id": 2, "ts": at(70), "amount": 2}])
+    lake.run()  # watermark 70s: [0, 60) closes and is written
+    assert lake.rows("silver.per_minute", "window_start", drop=("window_end",)) == [
+        {"window_start": at(0), "n": 1, "total": 1}
+    ]
+    feed.push([{"id": 3, "ts": at(20), "amount": 10}])  # late, within the allowed lateness
+    [run] = lake.run()
+    assert run.metrics["re_emitted"] == 1 and run.metrics["late"] == 0
+    feed.push([{"id": 4, "ts": at(130), "amount": 5}, {"id": 5, "ts": at(30), "amount": 100}])
+    [run] = lake.run()  # watermark 130s: [0, 60) is gone for good, id 5 is late
+    assert run.metrics["late"] == 1
+    assert lake.rows("silver.per_minute", "window_start", drop=("window_end",)) == [
+        {"window_start": at(0), "n": 2, "total": 11},  # upserted in place, not appended
+        {"window_start": at(60), "n": 1, "total": 2},
+    ]
+    late = lake.table("silver.per_minute__late").to_pylist()
+    assert [(r["id"], r["_reason"], r["_lateness"]) for r in late] == [(5, "window closed", 100.0)]
+
+
+# -- running aggregates with a state TTL -----------------------------------------------------
+
+
+def test_running_aggregates_per_key_expire_after_the_state_ttl(tmp_path: Path) -> None:
+    feed = Feed([])
+    lake = Lake(tmp_path)
+    lake.declare(
+        lambda: table(
+            "silver.totals",
+            source=feed,
+            stream=stream(
+                event_time="ts",
+                group_by=["user"],
+                aggregates={"n": count(), "total": sum_("amount")},
+                state_ttl="10m",
+            ),
+        )
+    )
+    feed.push([{"user": "a", "ts": at(0), "amount": 1}, {"user": "b", "ts": at(0), "amount": 2}])
+    feed.push([{"user": "a", "ts": at(60), "amount": 3}])
+    lake.run()
+    assert lake.rows("silver.totals", "user") == [
+        {"user": "a", "n": 2, "total": 4},
+        {"user": "b", "n": 1, "total": 2},
+    ]
+    state = lake.table("silver.totals__state")
+    assert state.num_rows == 2
+    feed.push([{"user": "b", "ts": at(700), "amount": 5}])  # a's state (last 60s) expires
+    [run] = lake.run()
+    assert run.metrics["state_expired"] == 1
+    assert lake.table("silver.totals__state").num_rows == 1
+    feed.push([{"user": "a", "ts": at(710), "amount": 7}])  # a starts over
+    lake.run()
+    assert lake.rows("silver.totals", "user") == [
+        {"user": "a", "n": 1, "total": 7},
+        {"user": "b", "n": 2, "total": 7},
+    ]
+
+
+# -- micro-batch bounds and metrics ------------------------------------------------------------
+
+
+def test_max_records_bounds_each_micro_batch_and_metrics_are_reported(tmp_path: Path) -> None:
+    source = GeneratorSource(1000, partitions=2, seed=1, every="1s", batch_size=1000)
+    lake = Lake(tmp_path)
+    lake.declare(
+        lambda: table(
+            "silver.per_minute",
+            source=source,
+            stream=stream(
+                event_time="ts",
+                window=tumbling("1m"),
+                aggregates={"n": count()},
+                max_records=300,
+            ),
+        )
+    )
+    [run] = lake.run()
+    assert run.commits == 4  # 300 + 300 + 300 + 100
+    assert run.metrics["events_in"] == 1000
+    for name in ("batch_ms", "processing_rate", "state_rows", "state_bytes", "emitted"):
+        assert name in run.metrics
+    assert run.metrics["state_rows"] >= 1
+    history = lake.target("silver.per_minute").table.history(4)
+    batches = [h["headwater"]["stream"]["metrics"]["events_in"] for h in history]
+    assert sorted(batches) == [100.0, 300.0, 300.0, 300.0]
+
+
+def test_available_now_and_continuous_runs_give_the_same_table(tmp_path: Path) -> None:
+    """The same definition drained at once, or micro-batch by micro-batch as events come."""
+    options = dict(
+        events=900, partitions=3, seed=9, every="1s", disorder="20s", duplicates=0.05, keys=3
+    )
+
+    def declare(lake: Lake, max_records: int) -> None:
+        lake.declare(
+            lambda: table(
+                "silver.per_minute",
+                source=GeneratorSource(**options, batch_size=max_records),  # type: ignore[arg-type]
+                stream=stream(
+                    event_time="ts",
+                    watermark="10s",
+                    window=tumbling("1m"),
+                    group_by=["key"],
+                    aggregates={"n": count(), "total": sum_("amount")},
+                    allowed_lateness="30s",
+                    max_records=max_records,
+                ),
+            )
+        )
+
+    drained = Lake(tmp_path / "drained")
+    declare(drained, 900)
+    drained.run()
+    stepped = Lake(tmp_path / "stepped")
+    declare(stepped, 70)
+    stepped.run()
+    assert drained.rows("silver.per_minute", "key", "window_start") == stepped.rows(
+        "silver.per_minute", "key", "window_start"
+    )
+    assert drained.rows("silver.per_minute__late", "event_id", drop=("_batch",)) == (
+        stepped.rows("silver.per_minute__late", "event_id", drop=("_batch",))
+    )
+
+
+# -- headwater stream lateness ------------------------------------------------------------------
+
+
+def test_lateness_report_gives_quantiles_and_recommends_a_watermark(project_dir: Path) -> None:
+    write_pipeline(
+        project_dir,
+        "stream",
+        """
+        from headwater import table
+        from headwater.sources import generator
+        from headwater.stream import count, stream, tumbling
+
+        table("silver.per_minute",
+              source=generator(events=2000, partitions=2, every="1s", disorder="8s",
+                               late_fraction=0.01, late_by="2m", seed=3),
+              stream=stream(event_time="ts", watermark="1s", window=tumbling("1m"),
+                            aggregates={"n": count()}))
+        """,
+    )
+    run_cli(project_dir, "run")
+    report = json.loads(
+        run_cli(project_dir, "stream", "lateness", "silver.per_minute", "--json").stdout
+    )
+    assert report["events"] == 2000
+    assert report["p50"] <= report["p95"] <= report["p99"] <= report["p99.9"] <= report["max"]
+    # Disorder is up to 8s for most events; 1% are 2 minutes behind.
+    assert 4 <= report["p95"] <= 10
+    assert 100 <= report["max"] <= 200
+    assert report["recommended_watermark"] >= report["p99.9"]
+    assert report["declared_watermark"] == 1
+    text = run_cli(project_dir, "stream", "lateness", "silver.per_minute").stdout
+    assert "p99.9" in text and "recommended" in text
+    missing = run_cli(project_dir, "stream", "lateness", "silver.nope", check=False)
+    assert missing.returncode != 0
