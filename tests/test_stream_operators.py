@@ -398,3 +398,51 @@ def test_lateness_report_gives_quantiles_and_recommends_a_watermark(project_dir:
     assert "p99.9" in text and "recommended" in text
     missing = run_cli(project_dir, "stream", "lateness", "silver.nope", check=False)
     assert missing.returncode != 0
+
+
+# -- at-least-once: state checkpoints every few micro-batches, replays absorbed by upserts ------
+
+
+def test_at_least_once_replays_from_the_last_state_checkpoint_into_the_same_table(
+    tmp_path: Path,
+) -> None:
+    options = dict(events=800, partitions=2, seed=5, every="1s", disorder="15s", keys=3)
+
+    def declare(lake: Lake, guarantee: str) -> None:
+        lake.declare(
+            lambda: table(
+                "silver.per_minute",
+                source=GeneratorSource(**options, batch_size=100),  # type: ignore[arg-type]
+                stream=stream(
+                    event_time="ts",
+                    watermark="10s",
+                    window=tumbling("1m"),
+                    group_by=["key"],
+                    aggregates={"n": count(), "total": sum_("amount")},
+                    guarantee=guarantee,  # type: ignore[arg-type]
+                    checkpoint_every=3 if guarantee == "at-least-once" else 1,
+                    max_records=100,
+                ),
+            )
+        )
+
+    reference = Lake(tmp_path / "reference")
+    declare(reference, "exactly-once")
+    reference.run()
+
+    cheap = Lake(tmp_path / "cheap")
+    declare(cheap, "at-least-once")
+    [run] = cheap.run()
+    assert run.commits == 8
+    # The state table holds the checkpoints of micro-batches 3 and 6 only.
+    state = cheap.target("silver.per_minute__state").table.history()
+    assert sorted(h["headwater"]["batch"] for h in state if "headwater" in h) == [3, 6]
+    # Lose the working copy of the state (another machine, a lost disk): the stream goes
+    # back to the last state checkpoint and replays from its positions.
+    for path in (tmp_path / "cheap" / ".headwater" / "stream").glob("*.duckdb*"):
+        path.unlink()
+    [again] = cheap.run()
+    assert again.commits == 2  # micro-batches 7 and 8 again, upserted over themselves
+    assert cheap.rows("silver.per_minute", "key", "window_start") == reference.rows(
+        "silver.per_minute", "key", "window_start"
+    )
