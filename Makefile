@@ -1,5 +1,5 @@
 # The two set-up commands of the README's quickstart, and the developer's tools.
-.PHONY: demo test lint bench-merge
+.PHONY: demo test lint bench-merge bench-ingest
 
 demo:
 	scripts/venv.sh runtime
@@ -17,3 +17,7 @@ lint:
 bench-merge:
 	scripts/venv.sh dev
 	.venv/bin/python bench/merge/run.py
+
+bench-ingest:
+	scripts/venv.sh dev
+	.venv/bin/python bench/ingest/run.py

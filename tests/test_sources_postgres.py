@@ -23,6 +23,7 @@ from deltalake import DeltaTable
 
 from headwater import Project, table
 from headwater.config import load_config
+from headwater.errors import HeadwaterError
 from headwater.sources import postgres
 
 from .lake import Lake
@@ -324,6 +325,66 @@ def test_the_source_time_zone_is_recorded_with_each_increment(pg: Pg) -> None:
     assert increment.data.column("at").to_pylist() == [datetime(2024, 1, 15, 17, 0, tzinfo=UTC)]
     # The mark keeps the source's own value, so the next read compares like with like.
     assert increment.position == {"mark": [{"datetime": "2024-01-15T12:00:00"}, 1]}
+
+
+# -- reading ahead -----------------------------------------------------------------------
+
+
+def _reading_threads() -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate() if t.name == "headwater-pg-read"]
+
+
+@pytest.fixture(name="small_batches")
+def small_batches_fixture(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiny driver batches and a one-batch read-ahead, so the reading thread waits on the consumer."""
+    import importlib
+
+    module = importlib.import_module("headwater.sources.postgres")
+    monkeypatch.setattr(module, "BATCH_BYTES", 4096)
+    monkeypatch.setattr(module, "READ_AHEAD_BATCHES", 1)
+
+
+def _read_ctx() -> Any:
+    from headwater.config import ProjectConfig
+    from headwater.sources.base import ReadContext
+
+    config = ProjectConfig(connections={"pg": PG})
+    return ReadContext("bronze.orders", Path("."), datetime.now(UTC), config=config)
+
+
+def test_a_read_stopped_early_stops_reading_ahead(pg: Pg, small_batches: None) -> None:
+    orders(pg, 20_000)
+    source = postgres(pg.name("orders"), connection="pg", cursor="updated_at", chunk_rows=1000)
+    reads = source.read(None, _read_ctx())
+    first = next(reads)
+    # Rows arrive whole and in cursor order although a thread read them ahead.
+    assert first.data.column("id").to_pylist() == list(range(1000))
+    assert _reading_threads() == ["headwater-pg-read"]  # waiting for room in its queue
+    reads.close()  # what a failed write does to the read
+    assert _reading_threads() == []
+    # The same source reads again, to the end, in as many chunks as rows allow.
+    again = list(source.read(None, _read_ctx()))
+    assert sum(i.data.num_rows for i in again) == 20_000 and len(again) == 20
+    assert _reading_threads() == []
+
+
+def test_a_server_error_mid_stream_is_one_clear_line(pg: Pg, small_batches: None) -> None:
+    orders(pg, 20_000)
+    pg.sql("ANALYZE orders")
+    # Fails on the server after about 15 000 rows, while the thread reads ahead.
+    query = f"SELECT id, 1 / (15000 - id) AS ratio, updated_at FROM {pg.name('orders')}"
+    source = postgres(query=query, connection="pg", mode="full", tiebreak="id", chunk_rows=1000)
+    read = []
+    with pytest.raises(HeadwaterError) as failed:
+        for increment in source.read(None, _read_ctx()):
+            read.append(increment.data.num_rows)
+    assert "division by zero" in str(failed.value)
+    # The key order comes from the primary key's index, so rows stream as they are
+    # computed and the ones before the failure came through first.
+    assert 0 < sum(read) < 15_000
+    assert _reading_threads() == []
 
 
 # -- queries -------------------------------------------------------------------------------
