@@ -1,0 +1,171 @@
+"""The Nexmark queries as Headwater streaming tables (exactly-once, one commit per micro-batch).
+
+Every table here is a streaming table (`stream=...`): each micro-batch commits
+its rows, the source positions, the watermark and the operator state's version
+in one Delta commit. Queries the stream operators express in one table are one
+table; the others are a short pipeline of streaming tables, run in dependency
+order, and the last table of the list holds the query's result:
+
+    q0, q1, q2  one stateless table over the bid files (projection / filter)
+    q5   bid -> sliding-window counts per auction -> the counts that are the
+         window's maximum (a stateless table over the counts: a window's rows are
+         all emitted in one commit, so one micro-batch holds all of them)
+    q7   bid -> max price per tumbling window; bid -> temporal join with those
+         windows on the price, valid in [window_start, window_end): the bids
+         whose price is their window's maximum
+    q8   person, auction -> (id, window) tables -> interval join on id and window
+         -> tumbling-window count per person: people with an auction in their window
+    q11  bid -> session windows per bidder (gap 10 s)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from queries import COLUMNS
+
+WATERMARK = "4s"
+Q8_WATERMARK_S = 15
+_ARROW = {"BIGINT": "int64", "VARCHAR": "string", "TIMESTAMP": "timestamp[ms]"}
+
+
+def bids_source(root: Path, stream: str = "bid") -> Any:
+    from headwater.sources import files
+
+    return files(
+        f"{root / stream}/*.csv",
+        format="csv",
+        header=False,
+        columns={n: _ARROW[t] for n, t in COLUMNS[stream]},
+        chunk_files=1,  # one file per micro-batch (and one Delta commit)
+        lookback=None,
+    )
+
+
+def declare(root: Path, query: str, source: Any = None) -> list[str]:
+    """Declare the tables of `query` (inside `collecting()`); their names, result last.
+
+    `source(stream)` builds the input of a stream (default: its CSV files)."""
+    from headwater import table
+    from headwater.stream import (
+        count,
+        interval_join,
+        max_,
+        session,
+        sliding,
+        stream,
+        temporal_join,
+        tumbling,
+    )
+
+    def src(name: str) -> Any:
+        return source(name) if source is not None else bids_source(root, name)
+
+    def passthrough(**kw: Any) -> Any:
+        return stream(event_time="dateTime", watermark=WATERMARK, **kw)
+
+    if query == "q0":
+        table("nexmark.q0", source=src("bid"), stream=passthrough())(
+            lambda bid: bid.project("auction, bidder, price, dateTime, extra")
+        )
+        return ["nexmark.q0"]
+    if query == "q1":
+        table("nexmark.q1", source=src("bid"), stream=passthrough())(
+            lambda bid: bid.project("auction, bidder, 0.908 * price AS price, dateTime, extra")
+        )
+        return ["nexmark.q1"]
+    if query == "q2":
+        table("nexmark.q2", source=src("bid"), stream=passthrough())(
+            lambda bid: bid.filter("auction % 123 = 0").project("auction, price, dateTime")
+        )
+        return ["nexmark.q2"]
+    if query == "q5":
+        table(
+            "nexmark.q5_counts",
+            source=src("bid"),
+            stream=stream(
+                event_time="dateTime",
+                watermark=WATERMARK,
+                window=sliding("10s", every="2s"),
+                group_by=["auction"],
+                aggregates={"num": count()},
+            ),
+        )(lambda bid: bid.project("auction, dateTime"))
+        table(
+            "nexmark.q5",
+            inputs=["nexmark.q5_counts"],
+            stream=stream(event_time="window_start"),
+        )(
+            lambda counts: counts.query(
+                "c",
+                "SELECT auction, num, window_start, window_end FROM c "
+                "QUALIFY num >= max(num) OVER (PARTITION BY window_start)",
+            )
+        )
+        return ["nexmark.q5_counts", "nexmark.q5"]
+    if query == "q7":
+        table(
+            "nexmark.q7_max",
+            source=src("bid"),
+            stream=stream(
+                event_time="dateTime",
+                watermark=WATERMARK,
+                window=tumbling("10s"),
+                aggregates={"price": max_("price")},
+            ),
+        )(lambda bid: bid.project("price, dateTime"))
+        table(
+            "nexmark.q7",
+            source=src("bid"),
+            stream=passthrough(
+                join=temporal_join(
+                    "nexmark.q7_max",
+                    on="price",
+                    valid_from="window_start",
+                    valid_to="window_end",
+                    columns=[],
+                    how="inner",
+                )
+            ),
+        )(lambda bid: bid.project("auction, price, bidder, dateTime, extra"))
+        return ["nexmark.q7_max", "nexmark.q7"]
+    if query == "q8":
+        window = "time_bucket(INTERVAL 10 SECOND, dateTime) AS ws"
+        table("nexmark.q8_person", source=src("person"), stream=passthrough())(
+            lambda person: person.project(f"id, name, dateTime, {window}")
+        )
+        table("nexmark.q8_auction", source=src("auction"), stream=passthrough())(
+            lambda auction: auction.project(f"seller AS id, dateTime, {window}")
+        )
+        table(
+            "nexmark.q8",
+            inputs={"person": "nexmark.q8_person", "auction": "nexmark.q8_auction"},
+            # A micro-batch takes one upstream commit (one file's slice of event time)
+            # from each input and its events arrive input after input, so the watermark
+            # must allow for one slice (10 s) of disorder between people and auctions.
+            stream=stream(
+                event_time="dateTime",
+                watermark=f"{Q8_WATERMARK_S}s",
+                max_records=1,
+                join=interval_join("auction", on=["id", "ws"], lower="-10s", upper="10s"),
+                window=tumbling("10s"),
+                group_by=["id", "name"],
+                aggregates={"auctions": count()},
+            ),
+        )
+        return ["nexmark.q8_person", "nexmark.q8_auction", "nexmark.q8"]
+    if query == "q11":
+        table(
+            "nexmark.q11",
+            source=src("bid"),
+            stream=stream(
+                event_time="dateTime",
+                watermark=WATERMARK,
+                window=session(gap="10s"),
+                group_by=["bidder"],
+                aggregates={"bid_count": count()},
+            ),
+        )(lambda bid: bid.project("bidder, dateTime"))
+        return ["nexmark.q11"]
+    raise SystemExit(f"unknown query {query}")
