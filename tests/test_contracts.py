@@ -187,6 +187,9 @@ def test_contract_init_writes_a_contract_that_loads_and_passes(tmp_path: Path) -
     path.write_text("\n".join(uncomment(line) for line in text.splitlines()))
     plan = load_plan(path, "bronze.orders")
     assert {c.name for c in plan.row_checks} >= {"range(amount)", "accepted_values(status)"}
+    # Volume change is on from the start, as a warning (no baseline until three runs).
+    (volume,) = [c for c in plan.table_checks if c.kind == "volume_change"]
+    assert volume.severity == "warn" and (volume.window, volume.max_change) == (7, 20.0)  # type: ignore[attr-defined]
     target = Project.load(root).target("bronze.orders")
     results = ContractGate(plan, "bronze.orders", Project.load(root)).check_all(target.dataset())
     assert all(r.passed for r in results), [r for r in results if not r.passed]
@@ -293,7 +296,7 @@ def test_check_summary_after_a_run(tmp_path: Path) -> None:
     buffer = io.StringIO()
     print_check_summary(lake.project, runs, Console(file=buffer, width=200))
     text = buffer.getvalue()
-    assert "checks silver.events: 1 passed, 1 warned, 1 quarantined rows (1 row failures)" in text
+    assert "checks silver.events: 1 passed, 1 warned, 1 quarantined (1 row failures)" in text
     assert "not_null(user)" in text and "accepted_values(status)" not in text
     quiet = io.StringIO()
     print_check_summary(Project.of_specs(tmp_path / "empty", []), runs, Console(file=quiet))

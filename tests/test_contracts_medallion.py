@@ -87,8 +87,7 @@ def test_contracts_quarantine_bad_rows_and_block_bad_batches_of_a_medallion(
     good = run_cli(project_dir, "run")
     assert summary(good.stdout)["silver.orders"][0] == "committed"
     assert (
-        "checks silver.orders:" in good.stdout
-        and "quarantined rows (2 row failures)" in good.stdout
+        "checks silver.orders:" in good.stdout and "2 quarantined (2 row failures)" in good.stdout
     )
     silver_ids = [r["order_id"] for r in rows(project_dir, "silver.orders", "order_id")]
     assert 32 in silver_ids and 30 not in silver_ids and 31 not in silver_ids

@@ -306,7 +306,7 @@ def print_check_summary(
         if t.quarantined_checks:
             parts.append(
                 Text(
-                    f"{t.quarantined_checks} quarantined rows ({t.quarantined_rows:,} row failures)",
+                    f"{t.quarantined_checks} quarantined ({t.quarantined_rows:,} row failures)",
                     style="yellow",
                 )
             )

@@ -1,9 +1,10 @@
 """`headwater contract init TABLE`: a first contract, written from the table as it is.
 
 Types come from the table's schema, `required` from the data (no NULLs seen),
-the primary key from the table's declared keys. What the data merely happens to
+the primary key from the table's declared keys, and a volume-change warning
+(beyond ±20% of the last 7 runs' average). What the data merely happens to
 show today (value ranges, the few values of a low-cardinality text column, a
-volume and freshness baseline) is written as commented-out suggestions: they
+freshness limit) is written as commented-out suggestions: they
 hold for the data seen so far, and only a person can say whether they must hold
 for all future data.
 """
@@ -197,12 +198,12 @@ def render(project: Project, table: str) -> str:
         "    quality:",
         "      - metric: rowCount",
         "        mustBeGreaterThan: 0",
-        "      # Warn when a run brings far more or fewer rows than the recent runs:",
-        "      # - type: custom",
-        "      #   engine: headwater",
-        "      #   severity: warning",
-        "      #   implementation:",
-        "      #     volumeChange: {window: 7, maxChangePercent: 20}",
+        "      # Warn when a run brings over 20% more or fewer rows than the last 7 runs on average:",
+        "      - type: custom",
+        "        engine: headwater",
+        "        severity: warning",
+        "        implementation:",
+        "          volumeChange: {window: 7, maxChangePercent: 20}",
     ]
     if timestamps:
         newest = next((c for c in timestamps if "updat" in c.lower()), timestamps[0])
