@@ -15,6 +15,7 @@ from headwater import table
 from headwater.sources.generator import GeneratorSource
 from headwater.stream import (
     count,
+    dedup,
     interval_join,
     stream,
     sum_,
@@ -446,3 +447,47 @@ def test_at_least_once_replays_from_the_last_state_checkpoint_into_the_same_tabl
     assert cheap.rows("silver.per_minute", "key", "window_start") == reference.rows(
         "silver.per_minute", "key", "window_start"
     )
+
+
+# -- state memory budget ------------------------------------------------------------------------
+
+
+def test_state_store_works_within_its_memory_budget(tmp_path: Path) -> None:
+    """The state store is DuckDB on local disk with the budget as its memory limit and a
+    spill directory beside it: a dedup state of 120k ids runs under a 32MB budget."""
+    source = GeneratorSource(120_000, partitions=2, every="10ms", keys=50, batch_size=60_000)
+    lake = Lake(tmp_path)
+    lake.declare(
+        lambda: table(
+            "silver.deduplicated",
+            source=source,
+            stream=stream(
+                event_time="ts",
+                dedup=dedup("event_id", within="1d"),
+                window=tumbling("1h"),
+                group_by=["key"],
+                aggregates={"n": count()},
+                max_records=60_000,
+                state_memory="32MB",
+            ),
+        )
+    )
+    [run] = lake.run()
+    assert run.commits == 2
+    assert run.metrics["state_rows"] >= 120_000  # one row per id, plus the open windows
+    assert run.metrics["state_bytes"] > 0
+    from headwater.stream.engine import state_path
+    from headwater.stream.state import StateStore, scalar
+
+    path = state_path(lake.project, "silver.deduplicated")
+    store = StateStore(path, "32MB", 1)
+    try:
+        assert scalar(store.con, "SELECT current_setting('memory_limit')") in (
+            "30.5 MiB",
+            "32.0 MB",
+        )
+        spill = scalar(store.con, "SELECT current_setting('temp_directory')")
+        assert Path(spill).parent == path.parent
+        assert scalar(store.con, "SELECT count(*) FROM s_dedup") == 120_000
+    finally:
+        store.close()

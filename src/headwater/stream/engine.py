@@ -14,6 +14,7 @@ and dimension versions that attempt recorded.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -23,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -32,17 +34,16 @@ from ..engine.position import META_KEY, CommittedState
 from ..engine.side_outputs import SideOutput, side_table_name
 from ..errors import ConfigError
 from ..sources.base import Increment, ReadContext
-from . import LAG, PARTITION_COLUMN, deduplicate, emit, lateness
+from . import LAG, PARTITION_COLUMN, deduplicate, emit, lateness, windows
 from .checkpoint import Checkpoint
 from .event_time import read_event_time
 from .frame import INTERNAL, Frame, micros
 from .inputs import MicroBatch, micro_batches
 from .joins import interval, temporal
 from .metrics import rates
-from .spec import Session, Stream, TemporalJoin
+from .spec import Stream, TemporalJoin
 from .state import PREFIX, SIDE, StateStore, Tag
 from .watermark import advance
-from .windows import fixed, session
 
 if TYPE_CHECKING:
     from ..declare import TableSpec
@@ -250,10 +251,13 @@ class StreamRun:
         try:
             rows = self._operators(frame, registered, checkpoint, aliases)
             side = self._side_outputs(frame, checkpoint, bool(rejected))
-        finally:
+            # On failure the caller rolls the transaction back, temp tables with it;
+            # dropping them here would hide the error behind an aborted transaction.
             frame.drop_temps()
+        finally:
             for name in registered.values():
-                self.store.con.unregister(name)
+                with contextlib.suppress(duckdb.Error):
+                    self.store.con.unregister(name)
         return Produced(
             rows,
             side,
@@ -293,10 +297,7 @@ class StreamRun:
         if main is None:
             return None  # nothing arrived (an increment that only moves the position)
         if stream.aggregating:
-            if isinstance(stream.window, Session):
-                rows = session.aggregate(frame, main, source)
-            else:
-                rows = fixed.aggregate(frame, main, source)
+            rows = windows.aggregate(stream.window, frame, main, source)
             if frame.retractions and rows is not None:
                 rows = _with_retractions(rows, frame.retractions)
         else:

@@ -9,16 +9,28 @@ event with no accepted window is late. Emission and expiry follow (`emit`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pyarrow as pa
 
 from ..._sql import q
 from .. import emit
 from ..frame import Frame, micros
 from ..spec import Sliding, Tumbling
-from . import assignment
+from . import sliding, tumbling
+from .base import Assignment
 from .common import check_columns, column_types, group_key, input_columns, partial_sql, upsert
 
 OPERATOR = "windows"
+ASSIGN: dict[type, Callable[[Any], Assignment]] = {
+    Tumbling: tumbling.assign,
+    Sliding: sliding.assign,
+}
+
+
+def assignment(window: Tumbling | Sliding) -> Assignment:
+    return ASSIGN[type(window)](window)
 
 
 def aggregate(frame: Frame, events: str, source: str) -> pa.Table | None:
