@@ -1,5 +1,5 @@
 # The two set-up commands of the README's quickstart, and the developer's tools.
-.PHONY: demo test lint bench-merge bench-ingest
+.PHONY: demo test lint bench-merge bench-ingest bench-quality
 
 demo:
 	scripts/venv.sh runtime
@@ -21,3 +21,7 @@ bench-merge:
 bench-ingest:
 	scripts/venv.sh dev
 	.venv/bin/python bench/ingest/run.py
+
+bench-quality:
+	scripts/venv.sh dev
+	.venv/bin/python bench/quality/run.py

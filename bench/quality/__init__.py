@@ -1,0 +1,1 @@
+"""Quality benchmark: Headwater's contract checks vs Great Expectations and Soda Core."""
