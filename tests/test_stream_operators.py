@@ -324,8 +324,11 @@ def test_max_records_bounds_each_micro_batch_and_metrics_are_reported(tmp_path: 
         assert name in run.metrics
     assert run.metrics["state_rows"] >= 1
     history = lake.target("silver.per_minute").table.history(4)
-    batches = [h["headwater"]["stream"]["metrics"]["events_in"] for h in history]
-    assert sorted(batches) == [100.0, 300.0, 300.0, 300.0]
+    batches = [h["headwater"]["stream"]["metrics"] for h in history]
+    assert sorted(b["events_in"] for b in batches) == [100.0, 300.0, 300.0, 300.0]
+    # The generator reports what it has on offer beyond each micro-batch: consumer lag.
+    assert sorted(b["consumer_lag"] for b in batches) == [0.0, 100.0, 400.0, 700.0]
+    assert run.metrics["consumer_lag"] == 0
 
 
 def test_available_now_and_continuous_runs_give_the_same_table(tmp_path: Path) -> None:
@@ -491,3 +494,47 @@ def test_state_store_works_within_its_memory_budget(tmp_path: Path) -> None:
         assert scalar(store.con, "SELECT count(*) FROM s_dedup") == 120_000
     finally:
         store.close()
+
+
+def test_continuous_cli_run_gives_the_available_now_table(tmp_path: Path) -> None:
+    """`headwater run --continuous --trigger ...` and a plain (available-now) `headwater run`
+    of the same definition commit the same rows."""
+    code = """
+        from headwater import table
+        from headwater.sources import generator
+        from headwater.stream import count, dedup, stream, sum_, tumbling
+
+        table("silver.per_minute",
+              source=generator(events=600, partitions=2, every="1s", disorder="12s",
+                               duplicates=0.05, keys=3, seed=8, batch_size=150),
+              stream=stream(event_time="ts", watermark="5s", dedup=dedup("event_id", within="5m"),
+                            window=tumbling("1m"), group_by=["key"],
+                            aggregates={"n": count(), "total": sum_("amount")},
+                            max_records=150))
+        """
+    tables = {}
+    for mode in ("once", "continuous"):
+        root = tmp_path / mode
+        root.mkdir()
+        (root / "headwater.toml").write_text('[project]\nname = "s"\n')
+        (root / "pipelines").mkdir()
+        write_pipeline(root, "stream", code)
+        if mode == "once":
+            run_cli(root, "run")
+        else:
+            run_cli(root, "run", "--continuous", "--trigger", "0.1s", "--cycles", "2")
+        tables[mode] = (
+            pa_rows(root / "warehouse" / "silver" / "per_minute"),
+            pa_rows(root / "warehouse" / "silver" / "per_minute__late"),
+        )
+    assert tables["once"] == tables["continuous"]
+    assert tables["once"][0]
+
+
+def pa_rows(path: Path) -> list[tuple[Any, ...]]:
+    from deltalake import DeltaTable
+
+    if not path.exists():
+        return []
+    rows = DeltaTable(str(path)).to_pyarrow_table().to_pylist()
+    return sorted(tuple(sorted((k, v) for k, v in r.items() if k != "_batch")) for r in rows)

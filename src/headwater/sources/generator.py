@@ -12,8 +12,9 @@ The values of an event depend only on the seed and its number, so reading from
 a position always yields the same rows: replays are exact.
 
 Position: `{"next": n}`, the number of events delivered. With `rate=` (events
-per second) the generator is unbounded and offers what the rate allows since
-it was created; otherwise it stops after `events`.
+per second) it offers what the rate allows since this process first read (from
+that position on); otherwise it stops after `events`. Each increment reports
+the events on offer beyond it as `info["lag"]`.
 """
 
 from __future__ import annotations
@@ -79,27 +80,31 @@ class GeneratorSource(Source):
         self.idle_after = idle_after
         self.batch_size = batch_size
         self.rate = rate
-        self._created = time.monotonic()
+        self._first: tuple[int, float] | None = None  # (position, clock) of the first read
 
     def describe(self) -> str:
         bound = f"{self.events:,} events" if self.events is not None else f"{self.rate:g}/s"
         return f"generator ({bound}, {self.partitions} partitions, seed {self.seed})"
 
-    def available(self) -> int:
-        """Events on offer now."""
+    def available(self, start: int = 0) -> int:
+        """Events on offer now; with a rate, counted from where this process started reading."""
         if self.rate is None:
             assert self.events is not None
             return self.events
-        offered = int((time.monotonic() - self._created) * self.rate)
+        if self._first is None:
+            self._first = (start, time.monotonic())
+        begun, at = self._first
+        offered = begun + int((time.monotonic() - at) * self.rate)
         return offered if self.events is None else min(self.events, offered)
 
     def read(self, position: Position | None, ctx: ReadContext) -> Iterator[Increment]:
         start = 0 if position is None else int(position["next"])
-        end = self.available()
+        end = self.available(start)
         size = max(1, min(self.batch_size, ctx.chunk_rows))
         while start < end:
             stop = min(end, start + size)
-            yield Increment(self.rows(start, stop), {"next": stop})
+            # Events on offer and not yet read: the consumer lag a stream reports.
+            yield Increment(self.rows(start, stop), {"next": stop}, info={"lag": end - stop})
             start = stop
 
     def read_until(
