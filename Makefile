@@ -1,5 +1,5 @@
 # The two set-up commands of the README's quickstart, and the developer's tools.
-.PHONY: demo test lint bench-merge bench-ingest bench-quality
+.PHONY: demo test lint bench-merge bench-cdc bench-ingest bench-quality
 
 demo:
 	scripts/venv.sh runtime
@@ -25,3 +25,7 @@ bench-ingest:
 bench-quality:
 	scripts/venv.sh dev
 	.venv/bin/python bench/quality/run.py
+
+bench-cdc:
+	scripts/venv.sh dev
+	.venv/bin/python bench/cdc/run.py
