@@ -28,7 +28,7 @@ from .lake import Lake
 
 SECOND = 1_000_000
 SETTINGS = settings(
-    max_examples=int(os.environ.get("HEADWATER_STREAM_EXAMPLES", "5")),
+    max_examples=int(os.environ.get("HEADWATER_STREAM_EXAMPLES", "4")),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

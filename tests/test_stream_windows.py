@@ -144,7 +144,7 @@ def late_ids(lake: Lake, name: str) -> list[tuple[str, str]]:
 # Each example runs real micro-batches into Delta tables: a handful per test keeps the
 # default suite fast; HEADWATER_STREAM_EXAMPLES=200 searches further.
 SETTINGS = settings(
-    max_examples=int(os.environ.get("HEADWATER_STREAM_EXAMPLES", "5")),
+    max_examples=int(os.environ.get("HEADWATER_STREAM_EXAMPLES", "3")),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

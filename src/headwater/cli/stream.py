@@ -49,8 +49,8 @@ def lateness(
         payload = {
             "table": table,
             "events": found.events,
-            **{name: found.quantiles[name] / 1000 for name, _ in QUANTILES},
-            "max": found.max_ms / 1000,
+            **{name: round(found.quantiles[name] / 1000, 3) for name, _ in QUANTILES},
+            "max": round(found.max_ms / 1000, 3),
             "declared_watermark": declared_ms / 1000,
             "recommended_watermark": found.recommended_ms / 1000,
         }
