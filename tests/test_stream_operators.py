@@ -589,3 +589,31 @@ def test_sketches_merge_across_micro_batches_and_early_emission_upserts(tmp_path
         values = sorted(m["value"] for m in members)
         rank = values.index(row["median"]) / len(values)  # a value of the window, near the middle
         assert 0.45 <= rank <= 0.55 or values.count(row["median"]) > 1
+
+
+def test_full_refresh_rebuilds_the_table_its_late_events_and_its_state(tmp_path: Path) -> None:
+    feed = Feed([])
+    lake = Lake(tmp_path)
+    lake.declare(
+        lambda: table(
+            "silver.per_minute",
+            source=feed,
+            stream=stream(
+                event_time="ts",
+                dedup=dedup("id", within="1h"),
+                window=tumbling("1m"),
+                aggregates={"n": count()},
+            ),
+        )
+    )
+    feed.push([{"id": 1, "ts": at(10)}, {"id": 2, "ts": at(70)}])
+    feed.push([{"id": 3, "ts": at(20)}, {"id": 1, "ts": at(10)}, {"id": 4, "ts": at(130)}])
+    lake.run()
+    before = lake.rows("silver.per_minute", "window_start")
+    assert [r["n"] for r in before] == [1, 1]
+    assert lake.table("silver.per_minute__late").column("id").to_pylist() == [3]
+    lake.run(full_refresh=True)
+    assert lake.rows("silver.per_minute", "window_start") == before
+    assert lake.table("silver.per_minute__late").column("id").to_pylist() == [3]
+    state = lake.table("silver.per_minute__state")
+    assert sorted(state.column("_operator").to_pylist()) == ["dedup"] * 4 + ["windows"]

@@ -330,10 +330,20 @@ class StreamRun:
         self, frame: Frame, checkpoint: Checkpoint, rejected: bool
     ) -> dict[str, SideOutput]:
         side: dict[str, SideOutput] = {}
+        # The first micro-batch of a full refresh starts `__late` over, as the table.
+        restart = self.full_refresh and checkpoint.seq == frame.metrics["events_in"]
+        late: pa.Table | None = None
         if frame.late:
             late = pa.concat_tables(frame.late, promote_options="permissive")
+        elif restart:
+            earlier = self.project.target(side_table_name(self.spec.name, LATE)).refresh()
+            if earlier.exists:
+                late = pa.schema(earlier.table.schema()).empty_table()
+        if late is not None:
             side[LATE] = SideOutput(
-                late, "append", description=f"events too late for {self.spec.name}"
+                late,
+                "overwrite" if restart else "append",
+                description=f"events too late for {self.spec.name}",
             )
         checkpointing = self.stream.guarantee == "exactly-once" or (
             frame.batch % self.stream.checkpoint_every == 0
@@ -342,7 +352,7 @@ class StreamRun:
             state = self.store.export(checkpoint.exported)
             checkpoint.exported = frame.batch
             checkpoint.schemas = self.store.schemas()
-            if self.full_refresh and checkpoint.seq == frame.metrics["events_in"]:
+            if restart:
                 live = (
                     None
                     if state is None
