@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
+import struct
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +241,97 @@ def test_raw_string_and_avro_values(
     assert lake.table("bronze.text").schema.field("_key").type == pa.binary()
 
 
+class _Registry(BaseHTTPRequestHandler):
+    """A Confluent-compatible schema registry: GET /schemas/ids/<id>, basic auth."""
+
+    schemas: dict[int, dict[str, Any]] = {}
+    asked: list[int] = []
+    credentials = "Basic " + base64.b64encode(b"reader:registry-secret").decode()
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def do_GET(self) -> None:
+        status, body = 404, {"error_code": 40403, "message": "Schema not found"}
+        if self.headers.get("Authorization") != self.credentials:
+            status, body = 401, {"error_code": 401, "message": "Unauthorized"}
+        elif self.path.startswith("/schemas/ids/"):
+            schema_id = int(self.path.rsplit("/", 1)[1])
+            self.asked.append(schema_id)
+            if schema_id in self.schemas:
+                status, body = 200, {"schema": json.dumps(self.schemas[schema_id])}
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def test_avro_in_the_schema_registry_wire_format_with_two_schema_versions(
+    kafka_broker: Broker,
+    tmp_path: Path,
+    sources: list[KafkaSource],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    v1 = {
+        "type": "record",
+        "name": "Click",
+        "fields": [{"name": "user", "type": "string"}, {"name": "n", "type": "long"}],
+    }
+    v2 = {**v1, "fields": [*v1["fields"], {"name": "country", "type": ["null", "string"]}]}
+    _Registry.schemas, _Registry.asked = {7: v1, 8: v2}, []
+
+    def framed(schema_id: int, schema: dict[str, Any], record: dict[str, Any]) -> bytes:
+        out = io.BytesIO()
+        out.write(struct.pack(">bI", 0, schema_id))  # magic byte, schema id
+        fastavro.schemaless_writer(out, fastavro.parse_schema(schema), record)
+        return out.getvalue()
+
+    topic = kafka_broker.topic("registry")
+    kafka_broker.produce(
+        topic,
+        [
+            (0, None, framed(7, v1, {"user": "ann", "n": 1})),
+            (0, None, framed(8, v2, {"user": "bo", "n": 2, "country": "NO"})),
+            (0, None, b'{"user": "not avro"}'),
+            (0, None, framed(7, v1, {"user": "cy", "n": 3})),
+        ],
+    )
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Registry)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("REGISTRY_PASSWORD", "registry-secret")
+    try:
+        (tmp_path / "headwater.toml").write_text(
+            f"""
+[connections.events]
+bootstrap_servers = "{kafka_broker.bootstrap}"
+schema_registry_url = "http://127.0.0.1:{server.server_address[1]}"
+schema_registry_username = "reader"
+schema_registry_password_env = "REGISTRY_PASSWORD"
+"""
+        )
+        source = kafka(topic, connection="events", format="avro")
+        sources.append(source)
+        lake = _lake(tmp_path, source)
+        project = Project.of_specs(tmp_path, lake.specs, load_config(tmp_path))
+        (run,) = Runner(project).run(["bronze.events"])
+        assert run.status == "committed", run.error
+    finally:
+        server.shutdown()
+        server.server_close()
+    rows = lake.rows("bronze.events", "_offset")
+    # Both writer schemas' records land in one table; v1 records have no country.
+    assert [(r["user"], r["n"], r["country"], r["_offset"]) for r in rows] == [
+        ("ann", 1, None, 0),
+        ("bo", 2, "NO", 1),
+        ("cy", 3, None, 3),
+    ]
+    (bad,) = lake.table("bronze.events__quarantine").to_pylist()
+    assert bad["location"] == "offset 2" and "wire format" in bad["reason"]
+    assert sorted(_Registry.asked) == [7, 8]  # each schema fetched once
+
+
 def test_debezium_change_events_over_kafka_apply_by_key(
     kafka_broker: Broker, tmp_path: Path, sources: list[KafkaSource]
 ) -> None:
@@ -339,13 +434,15 @@ sasl_username = "ingest"
 sasl_password_env = "EVENTS_PASSWORD"
 """
         )
-        source = kafka("events", connection="events", read_timeout="10s")
+        source = kafka("events", connection="events", read_timeout="60s")
         sources.append(source)
         lake = _lake(tmp_path, source)
         project = Project.of_specs(tmp_path, lake.specs, load_config(tmp_path))
         (run,) = Runner(project).run(["bronze.events"])
     assert run.status == "failed" and run.error is not None
-    assert run.error.startswith("table bronze.events: ")
+    assert run.error.startswith("table bronze.events: connection 'events': ")
+    # The broker's refusal is reported at once, not after read_timeout of silence.
+    assert "authentication failed" in run.error and run.failure == "fatal"
     shown = f"{run.error} {run.hint} {run.exception!r}"
     assert secret not in shown
     assert "\n" not in run.error

@@ -144,10 +144,8 @@ class Session:
         found: list[Partition] = []
         for topic in self.settings.topics:
             try:
-                meta = self.consumer.list_topics(topic, timeout=self.settings.read_timeout)
+                meta = self._metadata(topic)
             except KafkaException as exc:
-                self.consumer.poll(0)  # serves error_cb: an authentication failure is fatal
-                self._raise_fatal()
                 raise TransientError(
                     f"table {self.settings.table}: cannot reach the Kafka brokers for topic {topic}: {self._text(exc)}",
                     "check bootstrap_servers; the next run starts from the committed offsets",
@@ -163,6 +161,20 @@ class Session:
                 )
             found += [(topic, p) for p in sorted(info.partitions)]
         return found
+
+    def _metadata(self, topic: str) -> Any:
+        """The topic's metadata; an authentication failure ends the wait at once."""
+        deadline = time.monotonic() + self.settings.read_timeout
+        while True:
+            try:
+                return self.consumer.list_topics(
+                    topic, timeout=max(0.1, min(1.0, deadline - time.monotonic()))
+                )
+            except KafkaException:
+                self.consumer.poll(0)  # serves error_cb: an authentication failure is fatal
+                self._raise_fatal()
+                if time.monotonic() >= deadline:
+                    raise
 
     def placed(self, partitions: list[Partition]) -> list[TopicPartition]:
         """Partitions with the offset to read from: committed, else the configured start."""
