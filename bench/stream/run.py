@@ -173,6 +173,8 @@ def main() -> int:
             else:
                 entry["ok"] = True
             runs[query][name] = entry
+        # Saved after every query: a long run that is stopped keeps its figures.
+        save(args, files, runs, {})
 
     latency: dict[str, Any] = {}
     if not args.no_latency and "headwater" in contestants:
@@ -203,17 +205,26 @@ def main() -> int:
             latency[query] = {"m": m}
             print(f"    p50 {m.extra['p50_ms']} ms, p99 {m.extra['p99_ms']} ms", flush=True)
 
-    table, verdicts = summarise(runs, args.events)
+    out = save(args, files, runs, latency)
     print()
-    print(table)
-    for line in verdicts:
+    print(summarise(runs, args.events)[0])
+    for line in summarise(runs, args.events)[1]:
         print(line)
-    latency_table = summarise_latency(latency, args.latency_rate) if latency else ""
-    if latency_table:
+    if latency:
         print()
-        print(latency_table)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = args.out or RESULTS / f"stream-{stamp}.json"
+        print(summarise_latency(latency, args.latency_rate))
+    print(f"results: {out}")
+    return 0
+
+
+_STAMP = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def save(
+    args: argparse.Namespace, files: int, runs: dict[str, Any], latency: dict[str, Any]
+) -> Path:
+    table, verdicts = summarise(runs, args.events)
+    out: Path = args.out or RESULTS / f"stream-{_STAMP}.json"
     write_json(
         out,
         {
@@ -227,12 +238,11 @@ def main() -> int:
             "runs": runs,
             "latency": latency,
             "table": table,
-            "latency_table": latency_table,
+            "latency_table": summarise_latency(latency, args.latency_rate) if latency else "",
             "verdicts": verdicts,
         },
     )
-    print(f"results: {out}")
-    return 0
+    return out
 
 
 def _peak(name: str, m: Measurement) -> int:
