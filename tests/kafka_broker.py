@@ -79,19 +79,21 @@ class Broker:
     def produce(
         self,
         topic: str,
-        messages: Iterable[tuple[int, Any, Any]],
+        messages: Iterable[tuple[int, Any, Any] | tuple[int, Any, Any, int]],
         headers: list[tuple[str, bytes]] | None = None,
     ) -> int:
-        """Produce (partition, key, value) messages; dict values are sent as JSON."""
+        """Produce (partition, key, value[, timestamp in ms]) messages; dict values are
+        sent as JSON."""
         producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5})
         sent = 0
-        for partition, key, value in messages:
+        for partition, key, value, *stamp in messages:
             producer.produce(
                 topic,
                 key=None if key is None else _bytes(key),
                 value=None if value is None else _bytes(value),
                 partition=partition,
                 headers=headers,
+                timestamp=stamp[0] if stamp else 0,
             )
             sent += 1
             if sent % 5000 == 0:

@@ -28,6 +28,7 @@ and the reason. docs/sources-kafka.md has the details.
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -331,6 +332,7 @@ class KafkaSource(Source):
     def _rows(
         self, batch: list[Any], decoder: Decoder, ctx: ReadContext
     ) -> tuple[pa.Table, list[dict[str, Any]]]:
+        batch = interleaved(batch)
         keys, bad_keys = decode_keys([m.key() for m in batch], self.key_format)
         decoded: Decoded = decoder.decode([m.value() for m in batch], ctx.table)
         problems = {i: ("malformed", reason) for i, reason in bad_keys.items()}
@@ -383,6 +385,41 @@ class KafkaSource(Source):
         if session is None or not position:
             return  # nothing read in this process yet: the next read stores them
         session.commit(_offsets(position, ctx.table))
+
+
+def interleaved(batch: list[Any]) -> list[Any]:
+    """The messages of a micro-batch in one order that depends only on which messages
+    it holds: each partition's in offset order, partitions merged by message timestamp
+    (ties: topic, partition).
+
+    A fetch hands over partitions in no particular order, one chunk at a time. A
+    streaming table judges each event against the watermark of the events before
+    it, so a micro-batch read again after a crash (`read_until`) must arrive in the
+    same order as the first time; merging by timestamp also keeps one partition's
+    chunk from running far ahead of the others in event time.
+    """
+    parts: dict[tuple[str, int], list[Any]] = {}
+    for message in batch:
+        parts.setdefault((str(message.topic()), int(message.partition())), []).append(message)
+    if len(parts) < 2:
+        return sorted(batch, key=lambda m: int(m.offset()))
+    for messages in parts.values():
+        messages.sort(key=lambda m: int(m.offset()))
+
+    def stamp(message: Any) -> int:
+        kind, millis = message.timestamp()
+        return int(millis) if kind else -1
+
+    heap = [(stamp(m[0]), tp, 0) for tp, m in parts.items()]
+    heapq.heapify(heap)
+    ordered: list[Any] = []
+    while heap:
+        _, tp, index = heapq.heappop(heap)
+        messages = parts[tp]
+        ordered.append(messages[index])
+        if index + 1 < len(messages):
+            heapq.heappush(heap, (stamp(messages[index + 1]), tp, index + 1))
+    return ordered
 
 
 class _Made:
