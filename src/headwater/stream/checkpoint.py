@@ -5,7 +5,7 @@ the same Delta commit as the output and the positions:
 
     {"watermark": {"partitions": {p: [newest, seen]}, "stream_max": µs, "watermark": µs},
      "seq": events so far,  "dims": {dimension table: version read},
-     "state": {"exported": batch, "schemas": {operator: [[column, type]]}},
+     "state": {"exported": batch, "schemas": {operator: [[column, type]]}, "log_rows": n},
      "lateness": {bucket: events},  "metrics": {...this micro-batch...},
      "restart": {"positions": {...}, "checkpoint": {...}}   (at-least-once only)}
 """
@@ -26,6 +26,7 @@ class Checkpoint:
     dims: dict[str, int] = field(default_factory=dict)
     exported: int = 0  # the batch whose state the durable `__state` holds
     schemas: dict[str, list[list[str]]] = field(default_factory=dict)
+    log_rows: int = 0  # rows in the `__state` changelog since its last compaction
     lateness: dict[str, int] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     restart: dict[str, Any] | None = None
@@ -35,7 +36,11 @@ class Checkpoint:
             "watermark": self.watermark.to_json(),
             "seq": self.seq,
             "dims": dict(sorted(self.dims.items())),
-            "state": {"exported": self.exported, "schemas": self.schemas},
+            "state": {
+                "exported": self.exported,
+                "schemas": self.schemas,
+                "log_rows": self.log_rows,
+            },
             "lateness": dict(sorted(self.lateness.items(), key=lambda kv: int(kv[0]))),
             "metrics": self.metrics,
         }
@@ -54,6 +59,7 @@ class Checkpoint:
             {str(k): int(v) for k, v in (value.get("dims") or {}).items()},
             int(state.get("exported") or 0),
             {str(k): [list(c) for c in v] for k, v in (state.get("schemas") or {}).items()},
+            int(state.get("log_rows") or 0),
             {str(k): int(v) for k, v in (value.get("lateness") or {}).items()},
             dict(value.get("metrics") or {}),
             value.get("restart"),

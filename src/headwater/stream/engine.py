@@ -42,7 +42,7 @@ from .inputs import MicroBatch, micro_batches
 from .joins import interval, temporal
 from .metrics import rates
 from .spec import Stream, TemporalJoin
-from .state import PREFIX, SIDE, StateStore, Tag
+from .state import PREFIX, SIDE, STATE_SCHEMA, StateStore, Tag
 from .watermark import advance
 
 if TYPE_CHECKING:
@@ -349,31 +349,26 @@ class StreamRun:
             frame.batch % self.stream.checkpoint_every == 0
         )
         if checkpointing:
-            state = self.store.export(checkpoint.exported)
+            # The changelog is rewritten as the live rows when it has grown well past
+            # them (and on a full refresh); otherwise the changes are appended.
+            live_rows = self.store.size()[0]
+            compact = restart or checkpoint.log_rows > 2 * live_rows + COMPACT_SLACK
+            if compact:
+                state = self.store.export_all(frame.batch)
+                checkpoint.log_rows = state.num_rows
+                side[SIDE] = SideOutput(state, "overwrite", description=_STATE_DOC)
+                frame.metrics["state_compacted"] += 1
+            else:
+                changes = self.store.export(checkpoint.exported, frame.batch)
+                if changes is not None:
+                    checkpoint.log_rows += changes.num_rows
+                    side[SIDE] = SideOutput(changes, "append", description=_STATE_DOC)
             checkpoint.exported = frame.batch
             checkpoint.schemas = self.store.schemas()
-            if restart:
-                live = (
-                    None
-                    if state is None
-                    else state.filter(
-                        pc.equal(state.column("_change_type"), "insert")
-                    ).drop_columns(["_change_type"])
-                )
-                side[SIDE] = SideOutput(_or_empty(live), "overwrite", description=_STATE_DOC)
-            elif state is not None:
-                side[SIDE] = SideOutput(
-                    state, "merge", keys=("_operator", "_key"), description=_STATE_DOC
-                )
         if rejected and not side:
             # The first durable write of a micro-batch records its end positions (a replay
             # must read the same rows): make it a side commit even when nothing else is.
-            side[SIDE] = SideOutput(
-                _or_empty(None).append_column("_change_type", pa.array([], pa.string())),
-                "merge",
-                keys=("_operator", "_key"),
-                description=_STATE_DOC,
-            )
+            side[SIDE] = SideOutput(STATE_SCHEMA.empty_table(), "append", description=_STATE_DOC)
         return side
 
     def committed(self, batch: int, side_versions: dict[str, int]) -> None:
@@ -435,13 +430,8 @@ class StreamRun:
         return lookup[np.where(indices < 0, len(mapping) - 1, indices)]
 
 
-_STATE_DOC = "operator state of a streaming table (one row per key, as JSON)"
-
-
-def _or_empty(table: pa.Table | None) -> pa.Table:
-    from .state import STATE_SCHEMA
-
-    return table if table is not None else STATE_SCHEMA.empty_table()
+_STATE_DOC = "operator state of a streaming table (a changelog of its keys, as JSON)"
+COMPACT_SLACK = 10_000  # changelog rows tolerated beyond twice the live state
 
 
 def _with_retractions(rows: pa.Table, retractions: list[pa.Table]) -> pa.Table:

@@ -17,6 +17,7 @@ COUNTERS = (
     "retracted",
     "joined",
     "state_expired",
+    "state_compacted",
     "quarantined_events",
 )
 GAUGES = (

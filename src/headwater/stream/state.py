@@ -7,8 +7,11 @@ memory a large state uses. A micro-batch changes the working copy inside one
 DuckDB transaction, which is committed only after the table's Delta commit:
 a crash before it rolls the working copy back to the last committed batch.
 
-The durable copy is `<table>__state` (`_operator`, `_key`, `_row` as JSON),
-merged with the keys each checkpoint changed and deleted. The working copy is
+The durable copy is `<table>__state`, a changelog (`_operator`, `_key`, `_row`
+as JSON or NULL for a deleted key, `_batch`): each checkpoint appends the keys
+it changed and deleted, so its cost follows the change, not the state. The
+state at a version is the newest row of each key; when the log holds much more
+than the live state, a checkpoint rewrites it as the live rows (compaction). The working copy is
 tagged with the batch and `__state` version it reflects; when they differ from
 what the table committed (a crash after the Delta commit, another machine, a
 lost file), it is rebuilt from `__state` at the committed version.
@@ -36,7 +39,8 @@ STATE_SCHEMA = pa.schema(
     [
         pa.field("_operator", pa.string(), nullable=False),
         pa.field("_key", pa.string(), nullable=False),
-        pa.field("_row", pa.string()),
+        pa.field("_row", pa.string()),  # NULL: the key was deleted
+        pa.field("_batch", pa.int64(), nullable=False),  # the checkpoint that wrote it
     ]
 )
 
@@ -173,7 +177,8 @@ class StateStore:
                 self.con.execute(
                     f"INSERT INTO {q(PREFIX + operator)} ({', '.join(q(n) for n, _ in [('_key', ''), *fields])}) "
                     f"SELECT _key, {select} FROM (SELECT _key, json_transform(_row, ?) AS _r "
-                    "FROM _durable WHERE _operator = ?)",
+                    "FROM _durable WHERE _operator = ? QUALIFY row_number() OVER "
+                    "(PARTITION BY _key ORDER BY _batch DESC) = 1) WHERE _r IS NOT NULL",
                     [shape, operator],
                 )
             finally:
@@ -201,39 +206,59 @@ class StateStore:
             return 0
         return int(scalar(self.con, f"SELECT count(*) FROM {q(PREFIX + operator)}") or 0)
 
-    def export(self, exported_batch: int) -> pa.Table | None:
-        """The `__state` rows for the changes since the last export (to merge; deletes
-        flagged), or None when nothing changed. Rows born after `exported_batch` and
-        deleted since were never exported, so they need no delete."""
-        schemas = self.schemas()
+    def export(self, exported_batch: int, batch: int) -> pa.Table | None:
+        """The `__state` rows to append for the changes since the last export (a deleted
+        key as a NULL row), or None when nothing changed. Rows born after
+        `exported_batch` and deleted since were never exported, so they need no delete."""
+        table = self._export(
+            batch,
+            changed_only=True,
+            deletes=(
+                "SELECT DISTINCT d._operator, d._key, NULL::VARCHAR AS _row FROM _deleted d "
+                f"WHERE d._born <= {int(exported_batch)} AND NOT EXISTS (SELECT 1 FROM _live l "
+                "WHERE l._operator = d._operator AND l._key = d._key)"
+            ),
+        )
+        return table if table.num_rows else None
+
+    def export_all(self, batch: int) -> pa.Table:
+        """Every live state row: the whole `__state` after a compaction or a full refresh."""
+        return self._export(batch, changed_only=False, deletes=None)
+
+    def _export(self, batch: int, *, changed_only: bool, deletes: str | None) -> pa.Table:
         live: list[str] = []
-        for operator, columns in schemas.items():
+        for operator, columns in self.schemas().items():
             row = (
                 "to_json(struct_pack("
                 + ", ".join(f"{q(c)} := {_to_json(q(c), k)}" for c, k in columns if c != "_key")
                 + "))::VARCHAR"
             )
+            changed = (
+                f" WHERE s._key IN (SELECT _key FROM _changed WHERE _operator = '{operator}')"
+                if changed_only
+                else ""
+            )
             live.append(
                 f"SELECT '{operator}' AS _operator, s._key, {row} AS _row "
-                f"FROM {q(PREFIX + operator)} s WHERE s._key IN "
-                f"(SELECT _key FROM _changed WHERE _operator = '{operator}')"
+                f"FROM {q(PREFIX + operator)} s{changed}"
             )
-        empty = "SELECT NULL::VARCHAR AS _operator, NULL::VARCHAR AS _key, NULL::VARCHAR AS _row WHERE FALSE"
+        empty = (
+            "SELECT NULL::VARCHAR AS _operator, NULL::VARCHAR AS _key, NULL::VARCHAR AS _row "
+            "WHERE FALSE"
+        )
         self.con.execute(
             "CREATE OR REPLACE TEMP TABLE _live AS " + (" UNION ALL ".join(live) or empty)
         )
+        union = "SELECT _operator, _key, _row FROM _live" + (
+            f" UNION ALL {deletes}" if deletes else ""
+        )
         table = self.con.sql(
-            "SELECT _operator, _key, _row, 'insert' AS _change_type FROM _live UNION ALL "
-            "SELECT DISTINCT d._operator, d._key, NULL::VARCHAR, 'delete' FROM _deleted d "
-            f"WHERE d._born <= {int(exported_batch)} AND NOT EXISTS (SELECT 1 FROM _live l "
-            "WHERE l._operator = d._operator AND l._key = d._key)"
+            f"SELECT *, {int(batch)}::BIGINT AS _batch FROM ({union})"
         ).to_arrow_table()
         self.con.execute("DROP TABLE _live")
         self.con.execute("DELETE FROM _changed")
         self.con.execute("DELETE FROM _deleted")
-        if table.num_rows == 0:
-            return None
-        return table.cast(pa.schema([*STATE_SCHEMA, pa.field("_change_type", pa.string())]))
+        return table.cast(STATE_SCHEMA)
 
     def size(self) -> tuple[int, int]:
         """(state rows, bytes of the database)."""
