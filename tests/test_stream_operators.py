@@ -669,3 +669,57 @@ def test_state_changelog_is_appended_then_compacted_and_restores_the_same_state(
         {"user": "a", "n": 6, "total": 110},
         {"user": "b", "n": 5, "total": 10},
     ]
+
+
+# -- real connectors: a directory of arriving files, then an upstream table's change feed ---------
+
+
+def test_files_land_in_bronze_and_a_stream_reads_bronzes_change_feed(project_dir: Path) -> None:
+    write_pipeline(
+        project_dir,
+        "files",
+        """
+        from headwater import table
+        from headwater.sources import files
+        from headwater.stream import count, dedup, stream, sum_, tumbling
+
+        table("bronze.clicks", source=files("landing/*.ndjson"))
+        table("silver.clicks_per_minute", inputs=["bronze.clicks"],
+              stream=stream(event_time="ts", watermark="10s", partition_column="page",
+                            dedup=dedup("id", within="10m"), window=tumbling("1m"),
+                            group_by=["page"], aggregates={"clicks": count(), "value": sum_("n")},
+                            allowed_lateness="1m"))
+        """,
+    )
+    landing = project_dir / "landing"
+    landing.mkdir()
+
+    def land(name: str, rows: list[tuple[int, str, float]]) -> None:
+        lines = [
+            json.dumps({"id": i, "page": p, "ts": at(s).isoformat(), "n": 1}) for i, p, s in rows
+        ]
+        (landing / name).write_text("\n".join(lines) + "\n")
+
+    land("a.ndjson", [(1, "home", 5), (2, "cart", 20), (3, "home", 65), (4, "cart", 70)])
+    run_cli(project_dir, "run")
+    land("b.ndjson", [(5, "home", 30), (1, "home", 5), (6, "home", 130), (7, "cart", 140)])
+    run_cli(project_dir, "run")  # 5 re-opens home's first minute; 1 is a duplicate
+    land("c.ndjson", [(8, "home", 200), (9, "cart", 210), (10, "home", 40)])  # 10: too late
+    run_cli(project_dir, "run")
+    from deltalake import DeltaTable
+
+    silver = DeltaTable(str(project_dir / "warehouse" / "silver" / "clicks_per_minute"))
+    got = sorted(
+        (r["page"], int((r["window_start"] - BASE).total_seconds()), r["clicks"])
+        for r in silver.to_pyarrow_table().to_pylist()
+    )
+    assert got == [
+        ("cart", 0, 1),
+        ("cart", 60, 1),
+        ("cart", 120, 1),
+        ("home", 0, 2),
+        ("home", 60, 1),
+        ("home", 120, 1),
+    ]
+    late = DeltaTable(str(project_dir / "warehouse" / "silver" / "clicks_per_minute__late"))
+    assert late.to_pyarrow_table().column("id").to_pylist() == [10]
