@@ -10,11 +10,15 @@ the one before.
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 from typing import Any
 
+import pytest
 from deltalake import DeltaTable
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from headwater.sources.generator import GeneratorSource
 
@@ -22,7 +26,7 @@ from . import stream_oracle as oracle
 from .conftest import run_cli, write_pipeline
 
 SECOND = 1_000_000
-GENERATOR = dict(
+GENERATOR: dict[str, Any] = dict(
     events=1500,
     partitions=3,
     seed=11,
@@ -34,25 +38,25 @@ GENERATOR = dict(
     keys=4,
     batch_size=250,
 )
-PIPELINE = f"""
+PIPELINE = """
 from headwater import table
 from headwater.sources import generator
 from headwater.stream import avg, count, dedup, first, last, max_, min_, session, stream, sum_, tumbling
 
 AGGREGATES = {{"n": count(), "total": sum_("amount"), "lo": min_("value"), "hi": max_("value"),
               "first_v": first("value"), "last_v": last("value"), "avg_v": avg("value")}}
-table("silver.per_minute", source=generator(**{GENERATOR!r}),
+table("silver.per_minute", source=generator(**{options!r}),
       stream=stream(event_time="ts", watermark="30s", dedup=dedup("event_id", within="10m"),
                     window=tumbling("1m"), group_by=["key"], aggregates=AGGREGATES,
                     allowed_lateness="1m"))
-table("silver.sessions", source=generator(**{GENERATOR!r}),
+table("silver.sessions", source=generator(**{options!r}),
       stream=stream(event_time="ts", watermark="30s", window=session(gap="20s"),
                     group_by=["key"], aggregates={{"n": count(), "total": sum_("amount")}}))
 """
 
 
-def events() -> list[oracle.Event]:
-    rows = GeneratorSource(**GENERATOR).rows(0, int(GENERATOR["events"]))  # type: ignore[arg-type]
+def events(options: dict[str, Any]) -> list[oracle.Event]:
+    rows = GeneratorSource(**options).rows(0, int(options["events"]))
     out = []
     for i, row in enumerate(rows.to_pylist()):
         ts = int(row["ts"].timestamp() * SECOND)
@@ -76,8 +80,8 @@ def table_rows(root: Path, name: str) -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: (r["key"], r["window_start"]))
 
 
-def check_oracle(root: Path) -> None:
-    evs = events()
+def check_oracle(root: Path, options: dict[str, Any]) -> None:
+    evs = events(options)
     judged = oracle.watermarks(evs, 30 * SECOND, None)
     wms = judged.watermarks
 
@@ -88,7 +92,7 @@ def check_oracle(root: Path) -> None:
         r["avg_v"] = round(r["avg_v"], 9)
     got = table_rows(root, "silver.per_minute")
     assert got == sorted(expected, key=lambda r: (r["key"], r["window_start"]))
-    late = table_rows_late(root, "silver.per_minute")
+    late = table_rows_late(root, "silver.per_minute", evs)
     assert late == sorted(
         [(evs[i].row["event_id"], evs[i].seq, "dedup horizon") for i in dedup_late]
         + [(evs[i].row["event_id"], evs[i].seq, "window closed") for i in window_late]
@@ -99,19 +103,19 @@ def check_oracle(root: Path) -> None:
     assert table_rows(root, "silver.sessions") == sorted(
         sessions, key=lambda r: (r["key"], r["window_start"])
     )
-    assert [(e, r) for e, _, r in table_rows_late(root, "silver.sessions")] == sorted(
+    assert [(e, r) for e, _, r in table_rows_late(root, "silver.sessions", evs)] == sorted(
         (evs[i].row["event_id"], "window closed") for i, e in enumerate(evs) if e.ts < wms[i]
     )
 
 
-def table_rows_late(root: Path, name: str) -> list[tuple[str, int, str]]:
+def table_rows_late(root: Path, name: str, evs: list[oracle.Event]) -> list[tuple[str, int, str]]:
     """(event id, arrival number, reason) of the late events: a duplicate write shows twice."""
     layer, short = name.split(".")
     path = root / "warehouse" / layer / f"{short}__late"
     if not path.exists():
         return []
     late = DeltaTable(str(path)).to_pyarrow_table()
-    seqs = _arrivals()
+    seqs = _arrivals(evs)
     return sorted(
         (e, seqs[(e, str(p), t)].pop(0), r)
         for e, p, t, r in zip(
@@ -124,16 +128,16 @@ def table_rows_late(root: Path, name: str) -> list[tuple[str, int, str]]:
     )
 
 
-def _arrivals() -> dict[tuple[str, str, Any], list[int]]:
+def _arrivals(evs: list[oracle.Event]) -> dict[tuple[str, str, Any], list[int]]:
     """Arrival numbers of each (id, partition, time): copies of an event differ by arrival."""
     out: dict[tuple[str, str, Any], list[int]] = {}
-    for e in events():
+    for e in evs:
         out.setdefault((e.row["event_id"], e.partition, e.row["ts"]), []).append(e.seq)
     return out
 
 
 def test_sigkill_at_each_commit_step_then_restart_matches_the_oracle(project_dir: Path) -> None:
-    write_pipeline(project_dir, "stream", PIPELINE)
+    write_pipeline(project_dir, "stream", PIPELINE.format(options=GENERATOR))
     # Hits count per process over both tables' micro-batches (6 each).
     for point in ("after_stage@3", "after_quarantine@3", "after_commit@3", "after_commit@2"):
         crashed = run_cli(project_dir, "run", env={"HEADWATER_FAILPOINTS": point}, check=False)
@@ -141,7 +145,7 @@ def test_sigkill_at_each_commit_step_then_restart_matches_the_oracle(project_dir
             f"expected a SIGKILL at {point}: {crashed.stdout}{crashed.stderr}"
         )
     run_cli(project_dir, "run")
-    check_oracle(project_dir)
+    check_oracle(project_dir, GENERATOR)
     # Up to date now: another run commits nothing.
     before = {
         n: DeltaTable(str(project_dir / "warehouse" / "silver" / n)).version()
@@ -153,3 +157,40 @@ def test_sigkill_at_each_commit_step_then_restart_matches_the_oracle(project_dir
         for n in ("per_minute", "sessions")
     }
     assert before == after, again.stdout
+
+
+@pytest.mark.soak
+@settings(
+    max_examples=int(os.environ.get("HEADWATER_STREAM_EXAMPLES", "10")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    seed=st.integers(0, 1000),
+    batch_size=st.integers(60, 400),
+    crashes=st.lists(
+        st.tuples(
+            st.sampled_from(["after_read", "after_stage", "after_quarantine", "after_commit"]),
+            st.integers(1, 4),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+)
+def test_random_sigkills_then_restart_match_the_oracle(
+    tmp_path_factory: pytest.TempPathFactory,
+    seed: int,
+    batch_size: int,
+    crashes: list[tuple[str, int]],
+) -> None:
+    """Random crash points and restarts over random streams (soak: `--soak`)."""
+    root = tmp_path_factory.mktemp("crash")
+    (root / "headwater.toml").write_text('[project]\nname = "crash"\n')
+    (root / "pipelines").mkdir()
+    options = {**GENERATOR, "events": 600, "seed": seed, "batch_size": batch_size}
+    write_pipeline(root, "stream", PIPELINE.format(options=options))
+    for point, nth in crashes:
+        # A run may finish before its nth hit (nothing left to read): that is fine too.
+        run_cli(root, "run", env={"HEADWATER_FAILPOINTS": f"{point}@{nth}"}, check=False)
+    run_cli(root, "run")
+    check_oracle(root, options)
