@@ -15,6 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 
 from headwater import table
@@ -490,6 +491,37 @@ def test_unique_with_a_percent_threshold(tmp_path: Path) -> None:
     rows = pa.table({"status": ["a", "a", "a", "c", "d"]})  # 40%
     (result,) = g.check_table(ds.dataset(rows), rows)
     assert not result.passed
+
+
+@pytest.mark.parametrize("key", ["id", "code"])
+def test_a_whole_table_unique_check_in_slices_finds_every_duplicate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str
+) -> None:
+    from headwater.quality.checks import unique
+
+    g = gate(
+        tmp_path,
+        f"""
+        schema:
+          - name: payments
+            properties:
+              - {{name: {key}, primaryKey: true}}
+    """,
+    )
+    ids = [*range(1000), 0, 499, 500, 999, 999, None]  # duplicates at the ends of slices
+    rows = pa.table(
+        {"id": pa.array(ids, pa.int64()), "code": [None if i is None else f"c{i}" for i in ids]}
+    )
+    folder = tmp_path / "parquet"
+    folder.mkdir()
+    for n, part in enumerate(range(0, rows.num_rows, 300)):  # several files, footers per file
+        pq.write_table(rows.slice(part, 300), folder / f"{n}.parquet")
+    dataset = ds.dataset(folder, format="parquet")
+    whole = by_check(g.check_all(dataset))[f"primary_key({key})"]
+    monkeypatch.setattr(unique, "ROWS_PER_SORT", 150)  # seven slices: by value (id), by hash (code)
+    sliced = by_check(g.check_all(dataset))[f"primary_key({key})"]
+    assert whole.failing_rows == sliced.failing_rows == 5
+    assert "'rows': 3" in sliced.message  # 999 three times
 
 
 # -- checks that read other tables or the table's history ---------------------------------
