@@ -24,6 +24,7 @@ measured with events offered at a fixed rate (paced.py).
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -113,7 +114,10 @@ def main() -> int:
     parser.add_argument("--no-latency", action="store_true")
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--summarise", type=Path, help="print the tables of a saved run and stop")
     args = parser.parse_args()
+    if args.summarise is not None:
+        return print_saved(args.summarise)
     queries = [q for q in args.queries.split(",") if q]
     contestants = [c for c in ("duckdb", "headwater", "flink") if c in args.only.split(",")]
     files = max(1, -(-args.events // EVENTS_PER_FILE))
@@ -245,6 +249,36 @@ def save(
     return out
 
 
+def print_saved(path: Path) -> int:
+    """The tables of a results JSON written by `save`, with this version's columns."""
+    saved = json.loads(path.read_text())
+
+    def measurement(value: dict[str, Any]) -> Measurement:
+        return Measurement(**{k: v for k, v in value.items() if k != "peak_rss_mib"})
+
+    runs = {
+        q: {n: {**e, "m": measurement(e["m"])} if "m" in e else e for n, e in by.items()}
+        for q, by in saved["runs"].items()
+    }
+    latency = {
+        q: {**e, "m": measurement(e["m"])} if "m" in e else e for q, e in saved["latency"].items()
+    }
+    table, verdicts = summarise(runs, saved["events"])
+    print(f"{saved['events']:,} events, revision {saved['revision']}, {saved['machine']['when']}")
+    print(table)
+    for line in verdicts:
+        print(line)
+    if latency:
+        rate = (
+            next(iter(latency.values()))["m"].extra["rate"]
+            if "m" in next(iter(latency.values()))
+            else 0
+        )
+        print()
+        print(summarise_latency(latency, float(rate)))
+    return 0
+
+
 def _peak(name: str, m: Measurement) -> int:
     # Flink's memory is its JVM's: the child sums its own and the JVM's high-water marks.
     return (
@@ -263,13 +297,18 @@ def summarise(runs: dict[str, dict[str, Any]], events: int) -> tuple[str, list[s
             entry = by_name.get(name, {})
             return events / entry["m"].wall_s if "m" in entry and entry.get("ok") else None
 
+        def cpu(name: str, by_name: dict[str, Any] = by_name) -> float | None:
+            entry = by_name.get(name, {})
+            return float(entry["m"].cpu_s) if "m" in entry and entry.get("ok") else None
+
         hw, fl, floor = rate("headwater"), rate("flink"), rate("duckdb")
+        flink_cpu, floor_cpu = cpu("flink"), cpu("duckdb")
         for name in ("duckdb", "headwater", "flink"):
             entry = by_name.get(name)
             if entry is None:
                 continue
             if "m" not in entry:
-                rows.append([query, name, None, None, None, None, None, None, "failed"])
+                rows.append([query, name, None, None, None, None, None, None, None, None, "failed"])
                 continue
             m: Measurement = entry["m"]
             mine = rate(name)
@@ -283,6 +322,12 @@ def summarise(runs: dict[str, dict[str, Any]], events: int) -> tuple[str, list[s
                     round(_peak(name, m) / MIB),
                     mine / fl if mine and fl and name != "flink" else None,
                     floor / mine if mine and floor and name != "duckdb" else None,
+                    m.cpu_s / flink_cpu
+                    if flink_cpu and entry.get("ok") and name != "flink"
+                    else None,
+                    m.cpu_s / floor_cpu
+                    if floor_cpu and entry.get("ok") and name != "duckdb"
+                    else None,
                     "yes" if entry.get("ok") else "MISMATCH",
                 ]
             )
@@ -306,6 +351,8 @@ def summarise(runs: dict[str, dict[str, Any]], events: int) -> tuple[str, list[s
             "peak RSS MiB",
             "events/s x Flink",
             "time x floor",
+            "CPU x Flink",
+            "CPU x floor",
             "result checked",
         ],
         rows,
