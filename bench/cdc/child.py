@@ -4,6 +4,7 @@ child.py drain      PROJECT            one `headwater run` of every table (Runne
 child.py continuous PROJECT --trigger S --ready FILE --stop FILE
                                        `headwater run --continuous` until FILE exists, timed
 child.py profile    PROJECT OUT        the drain under cProfile
+child.py phases     PROJECT OUT        a drain with the CDC steps timed (no profiler overhead)
 child.py verify     PROJECT KIND OUT   compare the Delta tables with the source tables
 child.py lag        PROJECT OUT        end-to-end lag of every change (truth slot + Delta logs)
 """
@@ -66,6 +67,72 @@ def profile(root: Path, out: Path, cycles: int, trigger: float) -> None:
         stats.sort_stats("cumulative").print_stats(45)
         stats.sort_stats("tottime").print_stats(35)
     child_report(watch.wall_s, watch.cpu_s)
+
+
+def phases(root: Path, out: Path, cycles: int = 0, trigger: float = 1.0) -> None:
+    """A drain (or `cycles` micro-batch cycles), tables one after the other, with the
+    CDC steps timed from outside.
+
+    Each step's wall time and this thread's CPU time (`thread_time`; DuckDB's
+    and delta-rs's own threads are not in it) are summed over its calls, so
+    the shares are those of the real run, without a profiler's overhead.
+    """
+    import functools
+    import importlib
+    import time
+    from collections import defaultdict
+
+    from headwater import Project, Runner
+    from headwater.engine import run as engine_run
+    from headwater.sources import _pgoutput_changes
+
+    # The module (the package exports a function of the same name).
+    cdc_postgres = importlib.import_module("headwater.sources.cdc_postgres")
+
+    totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+
+    def timed(owner: object, attribute: str, label: str) -> None:
+        original = getattr(owner, attribute)
+
+        @functools.wraps(original)
+        def wrapper(*args: object, **kwargs: object) -> object:
+            wall, cpu = time.perf_counter(), time.thread_time()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                entry = totals[label]
+                entry[0] += time.perf_counter() - wall
+                entry[1] += time.thread_time() - cpu
+                entry[2] += 1
+
+        setattr(owner, attribute, wrapper)
+
+    source = cdc_postgres.PostgresCdcSource
+    timed(source, "_peek", "peek: server decoding + fetch + pgoutput decode")
+    timed(cdc_postgres, "decode", "  pgoutput decode (Python)")
+    timed(_pgoutput_changes.Assembler, "assemble", "assemble change rows")
+    timed(source, "_batch_table", "change rows -> Arrow")
+    timed(source, "_advance", "advance the slot")
+    timed(source, "_metrics", "metrics queries")
+    timed(engine_run.Runner, "_write", "write: stage + merge + commit")
+    timed(engine_run.Runner, "run_table", "a table's run (cycle)")
+    project = Project.load(root)
+    with Stopwatch() as watch:
+        for _ in range(max(1, cycles)):
+            started = time.monotonic()
+            runner = Runner(project)  # a cycle of continuous mode is a new run
+            for name in project.order(None):
+                runner.run_table(name)
+            if cycles:
+                time.sleep(max(0.0, trigger - (time.monotonic() - started)))
+    what = f"{cycles} cycles" if cycles else "drain"
+    lines = [f"{what}: wall {watch.wall_s:.2f}s, process CPU {watch.cpu_s:.2f}s"]
+    lines.append(f"{'step':<50} {'calls':>6} {'wall s':>8} {'thread CPU s':>13}")
+    for label, (wall, cpu, calls) in totals.items():
+        lines.append(f"{label:<50} {int(calls):>6} {wall:>8.2f} {cpu:>13.2f}")
+    out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
+    child_report(watch.wall_s, watch.cpu_s, phases=totals)
 
 
 def continuous(root: Path, trigger: float, ready: Path, stop_file: Path) -> None:
@@ -154,6 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", type=Path)
     p.add_argument("--cycles", type=int, default=0)
     p.add_argument("--trigger", type=float, default=1.0)
+    p = steps.add_parser("phases")
+    p.add_argument("project", type=Path)
+    p.add_argument("out", type=Path)
+    p.add_argument("--cycles", type=int, default=0)
+    p.add_argument("--trigger", type=float, default=1.0)
     p = steps.add_parser("verify")
     p.add_argument("project", type=Path)
     p.add_argument("kind", choices=["cdc", "hwm"])
@@ -168,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         continuous(args.project, args.trigger, args.ready, args.stop)
     elif args.step == "profile":
         profile(args.project, args.out, args.cycles, args.trigger)
+    elif args.step == "phases":
+        phases(args.project, args.out, args.cycles, args.trigger)
     elif args.step == "verify":
         return verify(args.project, args.kind, args.out)
     elif args.step == "lag":

@@ -162,7 +162,7 @@ def scenario_lag(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             cycles = str(int(args.seconds / args.trigger))
             run_checked(
                 child(
-                    "profile",
+                    "phases",
                     str(cdc),
                     str(out),
                     "--cycles",
@@ -276,6 +276,20 @@ def scenario_catchup(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         with source.server_cpu() as server:
             run_checked(child("profile", str(cdc), str(out)))
         print(f"    server CPU {server['cpu_s']:.1f}s", flush=True)
+        # The profiled run drained the backlog: build another one for the timed steps.
+        before = source.counts()
+        pgbench_wait(
+            source.pgbench(
+                script,
+                args.rows,
+                transactions=per_client,
+                clients=clients,
+                synchronous_commit=False,
+            ),
+            work / "catchup-pgbench.log",
+        )
+        print(f"    {(source.counts() - before).changes} more changes; timed steps:", flush=True)
+        run_checked(child("phases", str(cdc), str(RESULTS / "cdc-profile-phases.txt")))
         return {"changes": changes.__dict__ | {"total": changes.changes}, "profile": str(out)}
     for name, root in (("cdc", cdc), ("poll", hwm)):
         load = load_average()
