@@ -40,6 +40,7 @@ def aggregate(frame: Frame, events: str, source: str) -> pa.Table | None:
     groups = stream.group_by
     carried = ", ".join(q(c) for c in input_columns(frame))
     window = stream.window
+    plan = None
     if window is None:
         start, end, accepted, explode, where = "NULL::BIGINT", "NULL::BIGINT", "TRUE", "", ""
     else:
@@ -50,25 +51,33 @@ def aggregate(frame: Frame, events: str, source: str) -> pa.Table | None:
         accepted = f"{end} + {frame.lateness} > _wm"
         explode = f" CROSS JOIN range({plan.copies}) AS _r(_k)" if plan.copies > 1 else ""
         where = f" WHERE {end} > _ts" if plan.copies > 1 else ""
-    contributions = frame.materialise(
-        "contrib",
-        f"SELECT {group_key(groups)} AS _gkey, {start} AS window_start, {end} AS window_end, "
+    # Each event's contribution to each of its windows, and whether the window still
+    # takes it. Tumbling windows (one per event) read the events as they are; sliding
+    # ones are exploded into a temp table first.
+    select = (
+        f"SELECT {start} AS window_start, {end} AS window_end, "
         f"{carried + ', ' if carried else ''}_ts, _seq, _wm, {accepted} AS _ok "
-        f"FROM {q(events)}{explode}{where}",
+        f"FROM {q(events)}{explode}{where}"
     )
+    if plan is not None and plan.copies > 1:
+        contributions = q(frame.materialise("contrib", select))
+        late = f"_seq IN (SELECT _seq FROM {contributions} GROUP BY _seq HAVING NOT bool_or(_ok))"
+    else:
+        contributions = f"({select})"
+        late = f"NOT ({accepted})"
     if window is not None:
-        frame.record_late(
-            events,
-            f"_seq IN (SELECT _seq FROM {q(contributions)} GROUP BY _seq HAVING NOT bool_or(_ok))",
-            "window closed",
-            source,
-        )
-    partial = frame.con.sql(
-        "SELECT _gkey || '@' || coalesce(window_start::VARCHAR, '') AS _key, _gkey, "
-        + "".join(f"any_value({q(g)}) AS {q(g)}, " for g in groups)
+        frame.record_late(events, late, "window closed", source)
+    # Group on the columns themselves; the JSON key is built once per group, not per event.
+    grouped = (
+        "SELECT "
+        + "".join(f"{q(g)}, " for g in groups)
         + "window_start, any_value(window_end) AS window_end, max(_ts) AS _last_ts, "
         + partial_sql(frame, types)
-        + f" FROM {q(contributions)} WHERE _ok GROUP BY _gkey, window_start"
+        + f" FROM {contributions} WHERE _ok GROUP BY ALL"
+    )
+    partial = frame.con.sql(
+        f"SELECT {group_key(groups)} || '@' || coalesce(window_start::VARCHAR, '') AS _key, "
+        f"{group_key(groups)} AS _gkey, * FROM ({grouped})"
     ).to_arrow_table()
     touched = upsert(
         frame, OPERATOR, partial, ["_gkey", *groups, "window_start", "window_end"], types
