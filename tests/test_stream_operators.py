@@ -723,3 +723,32 @@ def test_files_land_in_bronze_and_a_stream_reads_bronzes_change_feed(project_dir
     ]
     late = DeltaTable(str(project_dir / "warehouse" / "silver" / "clicks_per_minute__late"))
     assert late.to_pyarrow_table().column("id").to_pylist() == [10]
+
+
+def test_at_least_once_pass_through_is_an_idempotent_sink_keyed_by_event_id(
+    tmp_path: Path,
+) -> None:
+    source = GeneratorSource(600, partitions=2, seed=3, every="1s", duplicates=0.2, batch_size=100)
+    lake = Lake(tmp_path)
+    lake.declare(
+        lambda: table(
+            "silver.events",
+            source=source,
+            stream=stream(
+                event_time="ts",
+                watermark="1m",
+                dedup=dedup("event_id", within="1h"),
+                guarantee="at-least-once",
+                checkpoint_every=4,
+                max_records=100,
+            ),
+        )
+    )
+    lake.run()
+    for path in (tmp_path / ".headwater" / "stream").glob("*.duckdb*"):
+        path.unlink()  # back to the state of micro-batch 4: micro-batches 5 and 6 again
+    [again] = lake.run()
+    assert again.commits == 2
+    ids = lake.table("silver.events").column("event_id").to_pylist()
+    expected = set(source.rows(0, 600).column("event_id").to_pylist())
+    assert sorted(ids) == sorted(expected)  # each event once, replays merged over themselves
