@@ -752,3 +752,75 @@ def test_at_least_once_pass_through_is_an_idempotent_sink_keyed_by_event_id(
     ids = lake.table("silver.events").column("event_id").to_pylist()
     expected = set(source.rows(0, 600).column("event_id").to_pylist())
     assert sorted(ids) == sorted(expected)  # each event once, replays merged over themselves
+
+
+# -- bad input: clear errors, unreadable event times quarantined ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"event_time": "when", "window": "1m", "aggregates": True},
+            "table silver.t: event time column 'when' is not in the micro-batch",
+        ),
+        (
+            {"event_time": "ts", "window": "1m", "group_by": ["nope"], "aggregates": True},
+            "table silver.t: column 'nope' of the stream's group_by/aggregates is not in its events",
+        ),
+        (
+            {"event_time": "n", "window": "1m", "aggregates": True},
+            "table silver.t: event time column 'n' holds numbers (int64); say which unit",
+        ),
+        (
+            {"event_time": "ts", "join": "silver.dim"},
+            "table silver.t: the temporal join reads silver.dim, which is not built yet",
+        ),
+    ],
+)
+def test_bad_stream_declarations_fail_naming_table_and_column(
+    tmp_path: Path, options: dict[str, Any], message: str
+) -> None:
+    feed = Feed([])
+    feed.push([{"ts": "2024-01-01T00:00:00Z", "n": 5, "k": 1}])
+    kwargs: dict[str, Any] = {"event_time": options["event_time"]}
+    if "window" in options:
+        kwargs["window"] = tumbling(options["window"])
+    if options.get("aggregates"):
+        kwargs["aggregates"] = {"events": count()}
+    if "group_by" in options:
+        kwargs["group_by"] = options["group_by"]
+    if "join" in options:
+        kwargs["join"] = temporal_join(options["join"], on="k")
+    lake = Lake(tmp_path)
+    lake.declare(lambda: table("silver.t", source=feed, stream=stream(**kwargs)))
+    with pytest.raises(AssertionError) as failed:
+        lake.run()
+    assert message in str(failed.value)
+
+
+def test_rows_with_unreadable_event_times_go_to_the_quarantine(tmp_path: Path) -> None:
+    feed = Feed([])
+    feed.push(
+        [
+            {"id": 1, "ts": "2024-01-01T00:00:10Z"},
+            {"id": 2, "ts": "yesterday"},
+            {"id": 3, "ts": None},
+            {"id": 4, "ts": "2024-01-01T00:01:10Z"},
+        ]
+    )
+    lake = Lake(tmp_path)
+    lake.declare(
+        lambda: table(
+            "silver.t",
+            source=feed,
+            stream=stream(event_time="ts", window=tumbling("1m"), aggregates={"n": count()}),
+        )
+    )
+    lake.run()
+    assert [r["n"] for r in lake.table("silver.t").to_pylist()] == [1]
+    quarantine = lake.table("silver.t__quarantine").to_pylist()
+    assert sorted(r["reason"] for r in quarantine) == [
+        "cannot read 'yesterday' as an event time",
+        "event time is NULL",
+    ]
