@@ -424,6 +424,7 @@ class Runner:
         """A streaming table: commit micro-batch after micro-batch until the inputs
         have nothing more (see docs/streaming.md)."""
         from ..stream.engine import StreamRun, check
+        from ..stream.metrics import fold, summary
 
         check(spec)
         stream = StreamRun(spec, self.project, state, read_ctx, full_refresh, self.threads)
@@ -490,10 +491,7 @@ class Runner:
                 positions = new_positions
                 stream.advance_positions(positions)
                 full_refresh = False
-                from ..stream.metrics import fold, summary
-
                 fold(run.metrics, produced.metrics)
-
                 self.progress(spec.name, summary(batch, produced.metrics, produced.watermark))
                 for alias, increment in micro.increments.items():
                     spec.inputs[alias].acknowledge(increment.position, read_ctx)
