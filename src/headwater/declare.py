@@ -103,7 +103,10 @@ class TableSpec:
         return None
 
     def upstream_tables(self) -> list[str]:
-        return sorted({t for s in self.inputs.values() for t in s.upstream_tables()})
+        read = {t for s in self.inputs.values() for t in s.upstream_tables()}
+        # A stream's temporal joins read their dimension tables: those run first.
+        joined = set(self.stream.upstream_tables()) if self.stream is not None else set()
+        return sorted(read | joined)
 
 
 _collector: ContextVar[list[TableSpec] | None] = ContextVar("headwater_collector", default=None)
