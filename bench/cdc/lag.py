@@ -17,6 +17,11 @@ Two records, both exact, are joined by log position:
 
 lag = visibility time - commit time, for each change (a transaction's
 changes to a table share one lag). Both clocks are this machine's.
+
+A read may take in a transaction whose commit record straddles the position
+it commits (the position is the WAL flushed when the read began); such a
+transaction is counted from the next version, which can only overstate its
+lag, by one cycle, for at most one transaction per cycle.
 """
 
 from __future__ import annotations
