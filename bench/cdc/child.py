@@ -149,7 +149,7 @@ def continuous(root: Path, trigger: float, ready: Path, stop_file: Path) -> None
         for r in results:
             if r.status == "failed":
                 print(f"cycle {n}: {r.table} failed: {r.error}", file=sys.stderr, flush=True)
-        ready.touch()  # the first cycle (connections, catalog) is behind us
+        ready.write_text(str(n))  # cycles done; the first (connections, catalog) is behind us
         if stop_file.exists():
             stop.set()
 

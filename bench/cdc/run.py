@@ -143,41 +143,40 @@ def wait_for_slots(upto: int, timeout_s: float) -> float:
 # -- scenarios ---------------------------------------------------------------------------------
 
 
-def scenario_lag(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    print(f"== lag: {args.rate} changes/s for {args.seconds}s, trigger {args.trigger}s", flush=True)
-    source.create_database(args.rows)
-    cdc = write_project(work / "lag", CDC_PIPELINE, args.chunk_rows, args.parallel)
-    headwater(cdc, "cdc", "setup")
-    headwater(cdc, "run")  # the initial copy, not measured
+def continuous_under_load(
+    args: argparse.Namespace, work: Path, root: Path, name: str, truth: bool
+) -> dict[str, Any]:
+    """`headwater run --continuous` (a measured child) while pgbench runs; until caught up.
+
+    CDC tables have caught up when every slot is confirmed at the WAL position
+    where pgbench stopped; polled ones after two cycles that began after it.
+    """
     script = source.write_workload(work)
-    ready, stop = work / "lag.ready", work / "lag.stop"
+    ready, stop = work / f"{name}.ready", work / f"{name}.stop"
     ready.unlink(missing_ok=True)
     stop.unlink(missing_ok=True)
     result: dict[str, Any] = {}
 
+    def cycles() -> int:
+        try:
+            return int(ready.read_text() or 0)
+        except (OSError, ValueError):
+            return 0
+
     def run_continuous() -> None:
         if args.profile:
             out = RESULTS / "cdc-profile-cycles.txt"
-            ready.touch()
-            cycles = str(int(args.seconds / args.trigger))
-            run_checked(
-                child(
-                    "phases",
-                    str(cdc),
-                    str(out),
-                    "--cycles",
-                    cycles,
-                    "--trigger",
-                    str(args.trigger),
-                )
-            )
+            ready.write_text("1")
+            n = str(int(args.seconds / args.trigger))
+            trigger = str(args.trigger)
+            run_checked(child("phases", str(root), str(out), "--cycles", n, "--trigger", trigger))
             result["profiled"] = str(out)
             return
         try:
             result["m"], result["server"] = measured(
                 child(
                     "continuous",
-                    str(cdc),
+                    str(root),
                     "--trigger",
                     str(args.trigger),
                     "--ready",
@@ -192,11 +191,12 @@ def scenario_lag(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     runner = threading.Thread(target=run_continuous)
     runner.start()
     try:
-        while not ready.exists():
+        while not cycles():
             if "error" in result:
                 raise result["error"]
             time.sleep(0.1)
-        source.create_truth_slot()
+        if truth:
+            source.create_truth_slot()
         load = load_average()
         bench = source.pgbench(
             script,
@@ -206,17 +206,36 @@ def scenario_lag(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             clients=args.clients,
             synchronous_commit=args.synchronous_commit,
         )
-        pgbench_wait(bench, work / "lag-pgbench.log")
-        catch_up_s = 0.0 if args.profile else wait_for_slots(source.wal_lsn(), timeout_s=600)
+        pgbench_wait(bench, work / f"{name}-pgbench.log")
+        started = time.monotonic()
+        if args.profile:
+            pass
+        elif truth:
+            wait_for_slots(source.wal_lsn(), timeout_s=600)
+        else:
+            done = cycles()
+            while cycles() < done + 2 and "error" not in result:
+                time.sleep(0.1)
+        caught_up_s = time.monotonic() - started
     finally:
         stop.touch()
         runner.join()
     if "error" in result:
         raise result["error"]
-    if "profiled" in result:
-        print(f"    profile: {result['profiled']}", flush=True)
-        return {"profile": result["profiled"]}
-    m: Measurement = result["m"]
+    return {**result, "caught_up_after_load_s": caught_up_s, "load_average": load}
+
+
+def scenario_lag(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    print(f"== lag: {args.rate} changes/s for {args.seconds}s, trigger {args.trigger}s", flush=True)
+    source.create_database(args.rows)
+    cdc = write_project(work / "lag", CDC_PIPELINE, args.chunk_rows, args.parallel)
+    headwater(cdc, "cdc", "setup")
+    headwater(cdc, "run")  # the initial copy, not measured
+    run = continuous_under_load(args, work, cdc, "lag", truth=True)
+    if "profiled" in run:
+        print(f"    profile: {run['profiled']}", flush=True)
+        return {"profile": run["profiled"]}
+    m: Measurement = run["m"]
     out = work / "lag.json"
     run_checked(child("lag", str(cdc), str(out)))
     lag = json.loads(out.read_text())
@@ -226,15 +245,49 @@ def scenario_lag(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     print(
         f"    {lag['changes']} changes at {lag['changes_per_s']:.0f}/s: lag p50 {lag['p50_s']:.2f}s, "
         f"p99 {lag['p99_s']:.2f}s, max {lag['max_s']:.2f}s; Headwater CPU {m.cpu_s:.1f}s, "
-        f"server CPU {result['server']['cpu_s']:.1f}s, peak RSS {m.peak_rss_mib:.0f} MiB",
+        f"server CPU {run['server']['cpu_s']:.1f}s, peak RSS {m.peak_rss_mib:.0f} MiB",
+        flush=True,
+    )
+    outcome: dict[str, Any] = {
+        "lag": lag,
+        "headwater": m,
+        "server": run["server"],
+        "catch_up_after_load_s": run["caught_up_after_load_s"],
+        "load_average": run["load_average"],
+    }
+    if args.poll_lag:
+        outcome["poll"] = poll_under_load(args, work)
+    return outcome
+
+
+def poll_under_load(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """The same workload applied by a continuous high-water-mark poll: its cost per change."""
+    print(f"== the same workload, polled (updated_at, lag={args.poll_lag!r})", flush=True)
+    source.create_database(args.rows)
+    pipeline = HWM_PIPELINE.replace(
+        'cursor="updated_at"', f'cursor="updated_at", lag={args.poll_lag!r}'
+    )
+    poll = write_project(work / "lag-poll", pipeline, None, args.parallel)
+    headwater(poll, "run")  # the initial load, not measured
+    before = source.counts()
+    run = continuous_under_load(args, work, poll, "lag-poll", truth=False)
+    changes = (source.counts() - before).changes
+    m: Measurement = run["m"]
+    verify = work / "lag-poll-verify.json"
+    code = subprocess.call(child("verify", str(poll), "hwm", str(verify)))
+    print(
+        f"    {changes} changes: Headwater CPU {m.cpu_s:.1f}s, server CPU "
+        f"{run['server']['cpu_s']:.1f}s, peak RSS {m.peak_rss_mib:.0f} MiB"
+        + ("" if code == 0 else "; the polled tables DIFFER from the source (above)"),
         flush=True,
     )
     return {
-        "lag": lag,
+        "changes": changes,
         "headwater": m,
-        "server": result["server"],
-        "catch_up_after_load_s": catch_up_s,
-        "load_average": load,
+        "server": run["server"],
+        "load_average": run["load_average"],
+        "verify": json.loads(verify.read_text()),
+        "matches_source": code == 0,
     }
 
 
@@ -360,6 +413,46 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> str:
         )
         verdict = "met" if lag["p99_s"] < GOAL_P99_S else "NOT met"
         parts.append(f"goal p99 lag < {GOAL_P99_S:.0f}s at {args.rate} changes/s: {verdict}")
+        if "poll" in r:
+            p = r["poll"]
+            pm = p["headwater"]
+            per = {
+                "cdc": (
+                    m.cpu_s / lag["changes"] * 1e6,
+                    r["server"]["cpu_s"] / lag["changes"] * 1e6,
+                ),
+                "poll": (pm.cpu_s / p["changes"] * 1e6, p["server"]["cpu_s"] / p["changes"] * 1e6),
+            }
+            parts.append(
+                markdown_table(
+                    [
+                        "micro-batches",
+                        "changes",
+                        "Headwater CPU µs/change",
+                        "server CPU µs/change",
+                        "peak RSS MiB",
+                        "matches the source",
+                    ],
+                    [
+                        ["cdc", lag["changes"], *per["cdc"], m.peak_rss_mib, "yes"],
+                        [
+                            f"poll (lag={args.poll_lag})",
+                            p["changes"],
+                            *per["poll"],
+                            pm.peak_rss_mib,
+                            "except deletes" if p["matches_source"] else "NO",
+                        ],
+                        [
+                            "ratio cdc / poll",
+                            None,
+                            ratio(per["cdc"][0], per["poll"][0]),
+                            ratio(per["cdc"][1], per["poll"][1]),
+                            ratio(m.peak_rss_bytes, pm.peak_rss_bytes),
+                            None,
+                        ],
+                    ],
+                )
+            )
     if "catchup" in results and "runs" in results["catchup"]:
         r = results["catchup"]
         n = r["changes"]["total"]
@@ -428,6 +521,11 @@ def main() -> int:
     parser.add_argument("--backlog", type=int, default=1_000_000, help="changes of the catch-up")
     parser.add_argument("--chunk-rows", type=int, default=None, help="cdc_postgres(chunk_rows=)")
     parser.add_argument("--parallel", type=int, default=3, help="[defaults] parallel_tables")
+    parser.add_argument(
+        "--poll-lag",
+        default="5s",
+        help="lag: also poll the same workload continuously, with this look-back (empty: skip)",
+    )
     parser.add_argument("--clients", type=int, default=4, help="pgbench clients")
     parser.add_argument(
         "--synchronous-commit",
