@@ -177,7 +177,9 @@ def _start(root: Path, name: str) -> subprocess.Popen[str]:
             "run",
             "--continuous",
             "--trigger",
-            "0.3s",
+            # Members take turns at the table's writer lock; a trigger longer than a
+            # cycle leaves the other member room to take it.
+            "1s",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -213,7 +215,7 @@ def test_consumer_group_members_join_and_leave_mid_stream_without_loss_or_duplic
 ) -> None:
     partitions = [0, 1, 2, 3]
     topic = kafka_broker.topic("group", partitions=len(partitions))
-    _project(tmp_path, kafka_broker, topic, group=True, max_records=40)
+    _project(tmp_path, kafka_broker, topic, group=True, max_records=100)
     produced = _produce(kafka_broker, topic, 0, 400, partitions)
     first = _start(tmp_path, "first")
     second: subprocess.Popen[str] | None = None

@@ -129,7 +129,9 @@ def test_the_table_position_wins_over_the_consumer_group_offsets(
     source = _source(sources, kafka_broker, topic, group_id="truth-group")
     lake = _lake(tmp_path, source)
     lake.run()
-    # acknowledge() stored the committed offsets in the group, for lag tooling.
+    # acknowledge() stored the committed offsets in the group, for lag tooling
+    # (asynchronously: closing the consumer waits for the commit).
+    source.close()
     probe = Consumer({"bootstrap.servers": kafka_broker.bootstrap, "group.id": "truth-group"})
     try:
         stored = probe.committed([TopicPartition(topic, 0), TopicPartition(topic, 1)], timeout=10)

@@ -84,7 +84,13 @@ class Session:
         self.settings = settings
         self.fatal: str | None = None
         self.last_error: str | None = None
-        config = {**_DEFAULTS, **settings.config, **_FIXED, "error_cb": self._on_error}
+        config = {
+            **_DEFAULTS,
+            **settings.config,
+            **_FIXED,
+            "error_cb": self._on_error,
+            "on_commit": self._on_commit,
+        }
         try:
             self.consumer = Consumer(config, logger=log)
         except (KafkaException, ValueError, TypeError) as exc:
@@ -211,8 +217,13 @@ class Session:
         handed = [(tp.topic, tp.partition) for tp in partitions]
         placed = self.placed(handed)
         consumer.assign(placed)
-        if not self.reading and placed:
-            consumer.pause(placed)  # the next read places and resumes them
+        if placed:
+            # A partition keeps its paused state through a revoke and a new assignment,
+            # so a partition this member had paused between reads would never be fetched.
+            if self.reading:
+                consumer.resume(placed)
+            else:
+                consumer.pause(placed)  # the next read places and resumes them
         self.owned = set(handed)
         self.pending = set(handed)
         self.joined, self.rebalancing = True, False
@@ -414,15 +425,22 @@ class Session:
         if not mine or not self.joined or self.rebalancing:
             return
         try:
+            # Asynchronous: a coordinator busy with a rebalance may leave a synchronous
+            # commit waiting for a minute, and nothing depends on it. Closing the
+            # consumer waits for the commits under way.
             self.consumer.commit(
                 offsets=[TopicPartition(t, p, o) for (t, p), o in sorted(mine.items())],
-                asynchronous=False,
+                asynchronous=True,
             )
         except KafkaException as exc:
+            self._on_commit(exc.args[0] if exc.args else exc, [])
+
+    def _on_commit(self, error: object, partitions: list[TopicPartition]) -> None:
+        if error is not None:
             log.info(
                 "table %s: offsets not stored in the consumer group: %s",
                 self.settings.table,
-                self._text(exc),
+                self._text(error),
             )
 
     def close(self) -> None:
