@@ -341,7 +341,7 @@ def test_debezium_change_events_over_kafka_apply_by_key(
         source = {"connector": "postgresql", "lsn": lsn, "ts_ms": 1_700_000_000_000 + lsn}
         return {"op": op, "before": before, "after": after, "source": source}
 
-    topic = kafka_broker.topic("dbz")
+    topic = kafka_broker.topic("dbz", partitions=2)
     events: list[tuple[int, Any, Any]] = [
         (0, '{"id":1}', event("c", None, {"id": 1, "name": "ann"}, 10)),
         (0, '{"id":2}', event("c", None, {"id": 2, "name": "bo"}, 11)),
@@ -360,6 +360,41 @@ def test_debezium_change_events_over_kafka_apply_by_key(
     assert [(r["id"], r["name"]) for r in rows] == [(1, "anne")]
     (bad,) = lake.table("bronze.customers__quarantine").to_pylist()
     assert bad["location"] == "offset 5" and "truncate" in bad["reason"]
+
+    # Later changes, as Kafka Connect's JSON converter sends them (schema + payload),
+    # keyed to two partitions: the next run applies only them, in log order.
+    row_schema = {
+        "type": "struct",
+        "fields": [
+            {"field": "id", "type": "int64", "optional": False},
+            {"field": "name", "type": "string", "optional": True},
+        ],
+    }
+    schema = {
+        "type": "struct",
+        "fields": [
+            {**row_schema, "field": "before", "optional": True},
+            {**row_schema, "field": "after", "optional": True},
+            {"field": "op", "type": "string"},
+        ],
+    }
+
+    def wrapped(op: str, before: Any, after: Any, lsn: int) -> dict[str, Any]:
+        return {"schema": schema, "payload": event(op, before, after, lsn)}
+
+    kafka_broker.produce(
+        topic,
+        [
+            (0, '{"id":2}', wrapped("c", None, {"id": 2, "name": "bob"}, 20)),
+            (1, '{"id":3}', wrapped("c", None, {"id": 3, "name": "cy"}, 21)),
+            (1, '{"id":3}', wrapped("u", None, {"id": 3, "name": "cyd"}, 22)),
+            (0, '{"id":1}', wrapped("d", {"id": 1, "name": "anne"}, None, 23)),
+        ],
+    )
+    (run,) = lake.run()
+    assert run.positions["source"] == {topic: {"0": 8, "1": 2}}
+    rows = lake.rows("bronze.customers", "id")
+    assert [(r["id"], r["name"]) for r in rows] == [(2, "bob"), (3, "cyd")]
 
 
 def test_a_read_reports_lag_from_fetched_high_watermarks(
