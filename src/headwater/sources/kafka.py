@@ -28,14 +28,14 @@ and the reason. docs/sources-kafka.md has the details.
 
 from __future__ import annotations
 
-import heapq
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 
 from .._units import parse_duration, parse_size
@@ -332,7 +332,7 @@ class KafkaSource(Source):
     def _rows(
         self, batch: list[Any], decoder: Decoder, ctx: ReadContext
     ) -> tuple[pa.Table, list[dict[str, Any]]]:
-        batch = interleaved(batch)
+        batch, where = interleaved(batch)
         keys, bad_keys = decode_keys([m.key() for m in batch], self.key_format)
         decoded: Decoded = decoder.decode([m.value() for m in batch], ctx.table)
         problems = {i: ("malformed", reason) for i, reason in bad_keys.items()}
@@ -351,18 +351,15 @@ class KafkaSource(Source):
                     "which the Kafka source adds itself",
                     "rename the field in the producer, or read the value with format='raw' and parse it downstream",
                 )
-        chosen = [batch[i] for i in kept]
         take = pa.array(kept, pa.int64())
-        stamps = [m.timestamp() for m in chosen]
+        stamps = pa.array(where.stamps * 1000, pa.int64(), mask=where.stamps < 0)
         meta = {
-            TOPIC: pa.array([m.topic() for m in chosen], pa.string()),
-            PARTITION: pa.array([m.partition() for m in chosen], pa.int32()),
-            OFFSET: pa.array([m.offset() for m in chosen], pa.int64()),
-            TIMESTAMP: pa.array(
-                [ms * 1000 if kind else None for kind, ms in stamps], pa.int64()
-            ).cast(pa.timestamp("us", "UTC")),
+            TOPIC: pa.array(where.topics, pa.string()).take(take),
+            PARTITION: pa.array(where.partitions, pa.int32()).take(take),
+            OFFSET: pa.array(where.offsets, pa.int64()).take(take),
+            TIMESTAMP: stamps.take(take).cast(pa.timestamp("us", "UTC")),
             KEY: keys.take(take),
-            HEADERS: pa.array([m.headers() for m in chosen], _HEADERS_TYPE),
+            HEADERS: pa.array([batch[i].headers() for i in kept], _HEADERS_TYPE),
         }
         for name, column in meta.items():
             rows = rows.append_column(name, column)
@@ -387,10 +384,21 @@ class KafkaSource(Source):
         session.commit(_offsets(position, ctx.table))
 
 
-def interleaved(batch: list[Any]) -> list[Any]:
+@dataclass
+class _Where:
+    """Topic, partition, offset and timestamp (ms, -1 if none) of each message."""
+
+    topics: list[str]
+    partitions: np.ndarray
+    offsets: np.ndarray
+    stamps: np.ndarray
+
+
+def interleaved(batch: list[Any]) -> tuple[list[Any], _Where]:
     """The messages of a micro-batch in one order that depends only on which messages
     it holds: each partition's in offset order, partitions merged by message timestamp
-    (ties: topic, partition).
+    (the partition's newest so far, as producers' clocks may step back; ties: topic,
+    partition). Also where each message comes from, in that order.
 
     A fetch hands over partitions in no particular order, one chunk at a time. A
     streaming table judges each event against the watermark of the events before
@@ -398,28 +406,28 @@ def interleaved(batch: list[Any]) -> list[Any]:
     same order as the first time; merging by timestamp also keeps one partition's
     chunk from running far ahead of the others in event time.
     """
-    parts: dict[tuple[str, int], list[Any]] = {}
-    for message in batch:
-        parts.setdefault((str(message.topic()), int(message.partition())), []).append(message)
-    if len(parts) < 2:
-        return sorted(batch, key=lambda m: int(m.offset()))
-    for messages in parts.values():
-        messages.sort(key=lambda m: int(m.offset()))
-
-    def stamp(message: Any) -> int:
-        kind, millis = message.timestamp()
-        return int(millis) if kind else -1
-
-    heap = [(stamp(m[0]), tp, 0) for tp, m in parts.items()]
-    heapq.heapify(heap)
-    ordered: list[Any] = []
-    while heap:
-        _, tp, index = heapq.heappop(heap)
-        messages = parts[tp]
-        ordered.append(messages[index])
-        if index + 1 < len(messages):
-            heapq.heappush(heap, (stamp(messages[index + 1]), tp, index + 1))
-    return ordered
+    n = len(batch)
+    topics = [str(m.topic()) for m in batch]
+    partitions = np.fromiter((m.partition() for m in batch), np.int64, n)
+    offsets = np.fromiter((m.offset() for m in batch), np.int64, n)
+    stamps = np.fromiter(
+        (ms if kind else -1 for kind, ms in (m.timestamp() for m in batch)), np.int64, n
+    )
+    names = sorted(set(topics))
+    if len(names) == 1:
+        codes = partitions
+    else:
+        rank = {name: i for i, name in enumerate(names)}
+        width = int(partitions.max()) + 1
+        codes = np.fromiter((rank[t] for t in topics), np.int64, n) * width + partitions
+    merge = np.empty_like(stamps)
+    for code in np.unique(codes):
+        rows = np.flatnonzero(codes == code)
+        rows = rows[np.argsort(offsets[rows], kind="stable")]
+        merge[rows] = np.maximum.accumulate(stamps[rows])
+    order = np.lexsort((offsets, codes, merge))
+    where = _Where([topics[i] for i in order], partitions[order], offsets[order], stamps[order])
+    return [batch[i] for i in order], where
 
 
 class _Made:
