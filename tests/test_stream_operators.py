@@ -20,6 +20,7 @@ from headwater.stream import (
     dedup,
     interval_join,
     quantile,
+    session,
     stream,
     sum_,
     temporal_join,
@@ -827,4 +828,37 @@ def test_rows_with_unreadable_event_times_go_to_the_quarantine(tmp_path: Path) -
     assert sorted(r["reason"] for r in quarantine) == [
         "cannot read 'yesterday' as an event time",
         "event time is NULL",
+    ]
+
+
+def test_a_written_session_extended_by_a_late_event_is_written_again_at_once(
+    tmp_path: Path,
+) -> None:
+    feed = Feed([])
+    lake = Lake(tmp_path)
+    lake.declare(
+        lambda: table(
+            "silver.sessions",
+            source=feed,
+            stream=stream(
+                event_time="ts",
+                watermark="10s",
+                window=session(gap="30s"),
+                group_by=["key"],
+                aggregates={"n": count()},
+                allowed_lateness="20s",
+            ),
+        )
+    )
+    feed.push([{"key": "a", "ts": at(0)}, {"key": "b", "ts": at(40)}])
+    lake.run()  # watermark 30s: a's session [0, 30) closes and is written
+    assert lake.rows("silver.sessions", "key") == [
+        {"key": "a", "window_start": at(0), "window_end": at(30), "n": 1}
+    ]
+    feed.push([{"key": "a", "ts": at(15)}])  # 15s behind: within the allowed lateness
+    [run] = lake.run()
+    assert run.metrics["re_emitted"] == 1
+    # Not a stale row: the session as it is now, though its new end is past the watermark.
+    assert lake.rows("silver.sessions", "key") == [
+        {"key": "a", "window_start": at(0), "window_end": at(45), "n": 2}
     ]

@@ -1,7 +1,7 @@
 """Emission and expiry of window state.
 
 - on-close: a window is emitted once the watermark passes its end; again (an
-  upsert) when a late event within the allowed lateness changed it since.
+  upsert) whenever a late event within the allowed lateness changes it since.
 - early, and running aggregates: every window a micro-batch changed.
 Expired state rows are deleted (and the delete goes to `__state`).
 """
@@ -28,7 +28,11 @@ def emit(frame: Frame, operator: str, touched: str, *, windowed: bool) -> pa.Tab
         return None
     changed = f"_key IN (SELECT _key FROM {q(touched)})"
     if windowed and stream.emit == "on-close":
-        condition = f"window_end <= {frame.watermark} AND (NOT _emitted OR {changed})"
+        # Closed and not written yet, or written before and changed since (re-emission;
+        # a session extended by a late event may end past the watermark again).
+        condition = (
+            f"(window_end <= {frame.watermark} AND NOT _emitted) OR (_emitted AND {changed})"
+        )
     else:
         condition = changed
     window_columns = "window_start, window_end, " if windowed else ""

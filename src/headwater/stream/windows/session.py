@@ -110,13 +110,11 @@ def aggregate(frame: Frame, events: str, source: str) -> pa.Table | None:
             + "".join(f"any_value({q(g)}) AS {q(g)}, " for g in groups)
             + f"_cell, min(window_start) AS window_start, {end} AS window_end, "
             "max(_last_ts) AS _last_ts, "
-            "bool_or(_emitted AND _key = _gkey || '@' || _cell || '@' || window_start_all) "
-            "AS _emitted, min(_born) AS _born, list(_key) FILTER (WHERE _key IS NOT NULL) "
-            "AS _replaces, "
+            # A session merged from one already written stays written (emit.py).
+            "bool_or(_emitted) AS _emitted, min(_born) AS _born, "
+            "list(_key) FILTER (WHERE _key IS NOT NULL) AS _replaces, "
             + merge_sql(frame, types)
-            + " FROM (SELECT *, min(window_start) OVER (PARTITION BY _gkey, _cell, _comp) "
-            f"AS window_start_all FROM ({union})) GROUP BY _gkey, _cell, _comp "
-            "HAVING bool_or(_key IS NULL)"
+            + f" FROM ({union}) GROUP BY _gkey, _cell, _comp HAVING bool_or(_key IS NULL)"
         ).to_arrow_table()
     finally:
         con.unregister("_incoming")
