@@ -315,8 +315,8 @@ def scenario_catchup(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         work / "catchup-pgbench.log",
     )
     built_s = time.monotonic() - started
+    wal = source.wal_lsn() - wal_before  # also: the last commits are flushed, readable
     changes = source.counts() - before
-    wal = source.wal_lsn() - wal_before
     print(
         f"    backlog: {changes.changes} changes ({changes.inserts} inserts, {changes.updates} "
         f"updates, {changes.deletes} deletes) in {built_s:.0f}s, {wal / MIB:.0f} MiB of WAL",

@@ -356,10 +356,23 @@ def server_cpu(application: str = "headwater") -> Iterator[dict[str, float]]:
 
 
 def wal_lsn() -> int:
+    """The end of the WAL inserted so far, once it is flushed.
+
+    With `synchronous_commit=off` the last commits may still sit in the WAL
+    buffers (pg_current_wal_lsn() is only the write position, before them) and
+    a reader sees only flushed WAL: wait for the WAL writer to flush them.
+    """
     with connect() as conn:
-        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
-    assert row is not None
-    return lsn_int(str(row[0]))
+        row = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+        assert row is not None
+        inserted = lsn_int(str(row[0]))
+        for _ in range(300):
+            flushed = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
+            assert flushed is not None
+            if lsn_int(str(flushed[0])) >= inserted:
+                break
+            time.sleep(0.01)
+    return inserted
 
 
 def slots() -> list[str]:
