@@ -10,12 +10,18 @@ drained by a run before the next one, and laid out so that no event's fate
 from __future__ import annotations
 
 import json
+import os
+import random
 import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from confluent_kafka import Consumer, TopicPartition
 from deltalake import DeltaTable
 
@@ -182,9 +188,11 @@ class Orders:
         self.broker, self.topic = broker, topic
         self.counted: dict[str, dict[str, Any]] = {}  # order id -> the event that counts
         self.late: list[str] = []
+        self.sent: Counter[str] = Counter()  # messages per partition
 
     def send(self, events: list[tuple[int, dict[str, Any]]]) -> None:
         self.broker.produce(self.topic, [(p, e["order_id"], e) for p, e in events])
+        self.sent.update(str(p) for p, _ in events)
 
     def minute(self, k: int, *, duplicates: int = 0, late: int = 0) -> None:
         """Orders every 2 s of minute k on both partitions; then `duplicates` of them
@@ -299,3 +307,88 @@ def test_a_windowed_deduplicated_joined_stream_from_kafka_runs_from_the_cli_exac
     assert set(late["_reason"].to_pylist()) == {"window closed"}
     # After the clean run the group's offsets caught up with the table's position.
     assert _group_offsets(kafka_broker, group_id, topic) == _stream_position(tmp_path)
+
+
+def _start(root: Path) -> subprocess.Popen[str]:
+    log = (root / "continuous.log").open("a")
+    command = ["run", "--continuous", "--trigger", "0.5s"]
+    return subprocess.Popen(
+        [sys.executable, "-m", "headwater", "--project", str(root), *command],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "HEADWATER_FAILPOINTS": ""},
+    )
+
+
+def _drained(root: Path, orders: Orders, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        path = root / "warehouse" / "silver" / "revenue" / "_delta_log"
+        if path.exists() and _stream_position(root) == dict(orders.sent):
+            return
+        time.sleep(0.2)
+    log = (root / "continuous.log").read_text()[-2000:]
+    raise AssertionError(f"the stream did not reach {dict(orders.sent)}:\n{log}")
+
+
+def _moved(root: Path, before: dict[str, int], seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while _stream_position(root) == before:
+        if time.monotonic() > deadline:
+            raise AssertionError("the stream committed nothing new")
+        time.sleep(0.05)
+
+
+@pytest.mark.soak
+def test_a_continuous_stream_from_kafka_killed_at_random_moments_loses_and_repeats_nothing(
+    kafka_broker: Broker, tmp_path: Path
+) -> None:
+    topic = kafka_broker.topic("orders", partitions=len(CUSTOMERS))
+    (tmp_path / "headwater.toml").write_text(
+        f'[project]\nname = "orders"\n\n[connections.events]\nbootstrap_servers = "{kafka_broker.bootstrap}"\n'
+    )
+    (tmp_path / "pipelines").mkdir()
+    code = STREAM_PIPELINE.format(
+        topic=topic, group_id=f"headwater-stream-{topic}", consumer=dict(TEST_CONSUMER)
+    )
+    write_pipeline(tmp_path, "orders", code)
+    _write_segments(tmp_path)
+    orders = Orders(kafka_broker, topic)
+    rng = random.Random(7)
+    process = _start(tmp_path)
+    unfinished = 0  # kills that interrupted a stream with messages left to commit
+    try:
+        orders.minute(0)
+        _drained(tmp_path, orders)  # every partition has delivered: its watermark counts
+        for k in (1, 3):
+            before = _stream_position(tmp_path)
+            orders.minute(k)
+            orders.minute(k + 1, duplicates=4 if k == 1 else 0)
+            # Once the first micro-batch of the two minutes is committed, SIGKILL
+            # somewhere in reading, committing state or rows, or acknowledging.
+            _moved(tmp_path, before)
+            time.sleep(rng.uniform(0.0, 0.3))
+            unfinished += _stream_position(tmp_path) != dict(orders.sent)
+            process.send_signal(signal.SIGKILL)
+            process.wait(30)
+            process = _start(tmp_path)
+            _drained(tmp_path, orders)
+        # Sent once everything before is committed: late on any partition.
+        orders.minute(5, late=3)
+        orders.minute(6)
+        _drained(tmp_path, orders)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    assert unfinished >= 1
+    revenue = _delta(tmp_path, "silver.revenue")
+    found = sorted(
+        (r["segment"], r["window_start"], r["orders"], r["revenue"]) for r in revenue.to_pylist()
+    )
+    assert found == orders.windows(closed=6)
+    late = _delta(tmp_path, "silver.revenue__late")
+    assert sorted(late["order_id"].to_pylist()) == sorted(orders.late)
