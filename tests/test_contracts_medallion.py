@@ -145,3 +145,41 @@ def test_contracts_quarantine_bad_rows_and_block_bad_batches_of_a_medallion(
     assert {33, 34} <= set(silver_ids)
     segments = {r["segment"]: r["revenue"] for r in rows(project_dir, "gold.segments", "segment")}
     assert segments == segment_totals(project_dir)
+
+
+def test_a_table_runs_after_the_tables_its_contract_checks_keys_against(
+    project_dir: Path,
+) -> None:
+    """On the very first run too: silver.orders' relationship to silver.customers makes
+    customers build first, so the check sees its keys instead of failing or quarantining."""
+    medallion(project_dir)
+    contract = project_dir / "contracts" / "silver" / "orders.yaml"
+    contract.parent.mkdir(parents=True)
+    contract.write_text(
+        """\
+apiVersion: v3.1.0
+kind: DataContract
+id: silver-orders
+version: 1.0.0
+status: active
+schema:
+  - name: orders
+    properties:
+      - name: customer_id
+        relationships: [{to: customers.customer_id}]
+        customProperties: [{property: onFail, value: quarantine}]
+"""
+    )
+    stage, stages = "", {}
+    for line in run_cli(project_dir, "dag").stdout.splitlines():
+        words = line.split()
+        if words[:1] == ["stage"]:
+            stage = words[1]
+        elif words and words[0].startswith("silver."):
+            stages[words[0]] = int(stage)
+    assert stages["silver.orders"] > stages["silver.customers"]
+    run_cli(project_dir, "run")  # fails the test on a non-zero exit
+    customers = {r["customer_id"] for r in rows(project_dir, "silver.customers", "customer_id")}
+    orders = rows(project_dir, "silver.orders", "order_id")
+    assert orders and all(o["customer_id"] in customers for o in orders)
+    assert not (project_dir / "warehouse" / "silver" / "orders__quarantine").exists()

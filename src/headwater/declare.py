@@ -73,6 +73,8 @@ class TableSpec:
     # quality.Gate methods (write-audit-publish).
     contract: str | None = None
     gate: Gate | None = None
+    # Declared tables its contract's checks read (relationships): they run first.
+    checked_against: tuple[str, ...] = ()
     # The configured strategy object (set from `strategy` when not given).
     writer: WriteStrategy | None = None
 
@@ -106,7 +108,7 @@ class TableSpec:
         read = {t for s in self.inputs.values() for t in s.upstream_tables()}
         # A stream's temporal joins read their dimension tables: those run first.
         joined = set(self.stream.upstream_tables()) if self.stream is not None else set()
-        return sorted(read | joined)
+        return sorted(read | joined | set(self.checked_against))
 
 
 _collector: ContextVar[list[TableSpec] | None] = ContextVar("headwater_collector", default=None)

@@ -36,6 +36,7 @@ class Project:
         project = cls(root, load_config(root))
         if discover:
             project.tables = discover_tables(root)
+            _order_contract_references(project)
             check_graph(project.tables)
         return project
 
@@ -91,6 +92,23 @@ class Project:
             for name in selected:
                 self.spec(name)
         return build_order(self.tables, selected or list(self.tables))
+
+
+def _order_contract_references(project: Project) -> None:
+    """A table whose contract checks keys against another declared table runs after it,
+    so the check sees the keys that table gains in the same run."""
+    from .quality.gates import referenced_tables
+
+    for spec in project.tables.values():
+        try:
+            referenced = referenced_tables(spec, project)
+        except HeadwaterError:
+            # A broken contract is reported where it is used (run, contract validate),
+            # with its own message; it must not stop every other command from loading.
+            continue
+        spec.checked_against = tuple(
+            t for t in referenced if t in project.tables and t != spec.name
+        )
 
 
 def discover_tables(root: Path) -> dict[str, TableSpec]:

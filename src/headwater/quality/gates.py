@@ -48,3 +48,17 @@ def gate_for(spec: TableSpec, project: Project) -> Gate | None:
     from .contract import contract_gate  # the contract format lives in its own module
 
     return contract_gate(path, spec, project)
+
+
+def referenced_tables(spec: TableSpec, project: Project) -> list[str]:
+    """Tables the checks of a table's contract read (relationships), for the run order."""
+    if spec.gate is not None:
+        return []
+    path = contract_path(spec, project)
+    if path is None:
+        return []
+    from .checks.referential import References
+    from .contract import load_plan, relative
+
+    plan = load_plan(path, spec.name, relative(path, project))
+    return sorted({c.parent for c in plan.row_checks if isinstance(c, References)})
