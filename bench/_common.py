@@ -197,6 +197,27 @@ def run_checked(argv: Sequence[str], *, cwd: str | Path | None = None) -> None:
 # -- summaries -------------------------------------------------------------
 
 
+def peer_python(venv: str, requirements: Sequence[str]) -> Path:
+    """The interpreter of a peer's own virtualenv under bench/results/, created on first use.
+
+    Peers live outside the project's venv so that their pins (e.g. an older
+    python-dateutil) never change what Headwater runs with. The venv is reused
+    while its requirement list is unchanged.
+    """
+    root = Path(__file__).resolve().parent / "results" / venv
+    python = root / "bin" / "python"
+    stamp = root / ".requirements"
+    wanted = "\n".join(requirements)
+    if python.exists() and stamp.exists() and stamp.read_text() == wanted:
+        return python
+    print(f"installing {', '.join(requirements)} into {root} (once)", flush=True)
+    run_checked([sys.executable, "-m", "venv", str(root)])
+    run_checked([str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip"])
+    run_checked([str(python), "-m", "pip", "install", "--quiet", *requirements])
+    stamp.write_text(wanted)
+    return python
+
+
 def median(values: Iterable[float]) -> float:
     return float(statistics.median(list(values)))
 
