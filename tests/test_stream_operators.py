@@ -46,10 +46,11 @@ def us(value: datetime) -> int:
 # -- stream-stream interval join ------------------------------------------------------------
 
 
+@pytest.mark.parametrize(("seed", "lateness", "lower", "upper"), [(4, 0, 0, 30), (11, 10, -20, 15)])
 def test_interval_join_pairs_exactly_the_on_time_events_within_the_interval(
-    tmp_path: Path,
+    tmp_path: Path, seed: int, lateness: int, lower: int, upper: int
 ) -> None:
-    rng = random.Random(4)
+    rng = random.Random(seed)
     views, clicks = Feed([]), Feed([])
     lake = Lake(tmp_path)
     lake.declare(
@@ -62,7 +63,8 @@ def test_interval_join_pairs_exactly_the_on_time_events_within_the_interval(
                 stream=stream(
                     event_time="ts",
                     watermark="5s",
-                    join=interval_join("clicks", on="ad", lower="0s", upper="30s"),
+                    join=interval_join("clicks", on="ad", lower=f"{lower}s", upper=f"{upper}s"),
+                    allowed_lateness=f"{lateness}s",
                 ),
             ),
         )
@@ -100,7 +102,7 @@ def test_interval_join_pairs_exactly_the_on_time_events_within_the_interval(
         for i, (side, r) in enumerate(arrivals)
     ]
     wms = oracle.watermarks(events, 5 * SECOND, None).watermarks
-    on_time = [e for e, wm in zip(events, wms, strict=True) if e.ts >= wm]
+    on_time = [e for e, wm in zip(events, wms, strict=True) if e.ts >= wm - lateness * SECOND]
     expected = sorted(
         (v.row["id"], c.row["id"])
         for v in on_time
@@ -108,7 +110,7 @@ def test_interval_join_pairs_exactly_the_on_time_events_within_the_interval(
         for c in on_time
         if c.row["side"] == "clicks"
         and v.row["ad"] == c.row["ad"]
-        and v.ts <= c.ts <= v.ts + 30 * SECOND
+        and v.ts + lower * SECOND <= c.ts <= v.ts + upper * SECOND
     )
     got = lake.table("silver.clicked")
     assert (
@@ -118,7 +120,7 @@ def test_interval_join_pairs_exactly_the_on_time_events_within_the_interval(
     assert expected, "the case pairs nothing: it would prove nothing"
     late = lake.table("silver.clicked__late")
     assert sorted(late.column("id").to_pylist()) == sorted(
-        e.row["id"] for e, wm in zip(events, wms, strict=True) if e.ts < wm
+        e.row["id"] for e, wm in zip(events, wms, strict=True) if e.ts < wm - lateness * SECOND
     )
     assert set(late.column("_reason").to_pylist()) == {"join horizon"}
 
