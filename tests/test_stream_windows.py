@@ -320,3 +320,13 @@ def test_empty_state_and_no_events_make_no_table(tmp_path: Path) -> None:
     )
     lake.run()
     assert not lake.target("silver.nothing").exists
+
+
+def test_the_public_event_time_helper_survives_importing_the_engine() -> None:
+    """A submodule named like a public function would replace it on the package once
+    imported, and declaring a stream in the same process would then fail."""
+    import headwater.stream
+    import headwater.stream.engine
+
+    assert callable(headwater.stream.event_time)
+    assert headwater.stream.event_time("ts").column == "ts"

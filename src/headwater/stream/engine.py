@@ -36,7 +36,7 @@ from ..errors import ConfigError
 from ..sources.base import Increment, ReadContext
 from . import LAG, PARTITION_COLUMN, deduplicate, emit, lateness, windows
 from .checkpoint import Checkpoint
-from .event_time import read_event_time
+from .timestamps import read_event_time
 from .frame import INTERNAL, Frame, micros
 from .inputs import MicroBatch, micro_batches
 from .joins import interval, temporal
