@@ -407,7 +407,8 @@ def render(
         "",
         *goal_lines(outcomes),
         "",
-        f"Strategy: {args.strategy} keyed on id, cursor updated_at. Chunks: Headwater "
+        f"Strategy: {args.strategy}{' keyed on id' if args.strategy == 'merge' else ''}, "
+        "cursor updated_at. Chunks: Headwater "
         f"chunk_rows={args.hw_chunk:,} (one commit each); dlt chunk_size={args.dlt_chunk:,} "
         "(rows per Arrow table; one Delta commit per run).",
         f"Machine: {machine['cpus']} cpus, {machine['memory_gib']} GiB, python {machine['python']}, "
