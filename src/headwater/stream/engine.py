@@ -36,13 +36,13 @@ from ..errors import ConfigError
 from ..sources.base import Increment, ReadContext
 from . import LAG, PARTITION_COLUMN, deduplicate, emit, lateness, windows
 from .checkpoint import Checkpoint
-from .timestamps import read_event_time
 from .frame import INTERNAL, Frame, micros
 from .inputs import MicroBatch, micro_batches
 from .joins import interval, temporal
 from .metrics import rates
 from .spec import Stream, TemporalJoin
 from .state import PREFIX, SIDE, STATE_SCHEMA, StateStore, Tag
+from .timestamps import read_event_time
 from .watermark import advance
 
 if TYPE_CHECKING:
