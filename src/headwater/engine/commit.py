@@ -46,6 +46,8 @@ class CommitRequest:
     side_versions: dict[str, int] = field(default_factory=dict)  # side table -> its version
     # A streaming table's checkpoint (watermarks, state version...): docs/streaming.md.
     stream: dict[str, Any] | None = None
+    # What each input's source measured for this batch (CDC lag, retained WAL...).
+    source_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def metadata(self, staged: StagedWrite) -> dict[str, Any]:
         meta: dict[str, Any] = {
@@ -68,6 +70,8 @@ class CommitRequest:
             meta["side_versions"] = self.side_versions
         if self.stream is not None:
             meta["stream"] = self.stream
+        if self.source_metrics:
+            meta["source_metrics"] = self.source_metrics
         return {META_KEY: meta}
 
 

@@ -564,6 +564,7 @@ class Runner:
             full_refresh,
             side_versions,
             stream,
+            source_metrics(increments.values()),
         )
         self._audit(spec, stage.checks, published=True)
         return True
@@ -674,6 +675,7 @@ class Runner:
             state.batch + 1,
             run,
             full_refresh,
+            source_metrics=source_metrics([last]),
         )
         self._audit(spec, total.checks, published=True)
         assert spec.source is not None
@@ -692,6 +694,7 @@ class Runner:
         full_refresh: bool,
         side_versions: dict[str, int] | None = None,
         stream: dict[str, Any] | None = None,
+        source_metrics: dict[str, dict[str, float]] | None = None,
     ) -> None:
         request = CommitRequest(
             app=spec.app_id,
@@ -709,6 +712,7 @@ class Runner:
             interval=self.interval.as_json() if self.interval is not None else None,
             side_versions=side_versions or {},
             stream=stream,
+            source_metrics=source_metrics or {},
         )
         try:
             commit(target, snapshot, staged, request)
@@ -908,6 +912,34 @@ class Runner:
         self, spec: TableSpec, checks: list[tuple[str, CheckResult]], published: bool
     ) -> None:
         record_checks(self.project, spec.name, self.run_id, self.run_ts, checks, published)
+
+
+# Gauges a source may report in Increment.info that are kept with the commit, so lag
+# and retained log can be read back from the table's Delta history.
+SOURCE_GAUGES = (
+    "lag_seconds",
+    "lag_bytes",
+    "retained_wal_bytes",
+    "changes",
+    "changes_per_second",
+    "transactions",
+    "lag",
+)
+
+
+def source_metrics(increments: Iterable[Increment]) -> dict[str, dict[str, float]]:
+    """The gauges of the batch's last increment, per source kind that reported any."""
+    found: dict[str, dict[str, float]] = {}
+    for increment in increments:
+        info = increment.info
+        gauges = {
+            k: info[k]
+            for k in SOURCE_GAUGES
+            if isinstance(info.get(k), int | float) and not isinstance(info.get(k), bool)
+        }
+        if gauges:
+            found[str(info.get("source") or "source")] = gauges
+    return found
 
 
 def _with_rejected(increment: Increment, rejected: pa.Table) -> Increment:
