@@ -197,21 +197,44 @@ def run_checked(argv: Sequence[str], *, cwd: str | Path | None = None) -> None:
 # -- summaries -------------------------------------------------------------
 
 
-def peer_python(venv: str, requirements: Sequence[str]) -> Path:
-    """The interpreter of a peer's own virtualenv under bench/results/, created on first use.
+@dataclass
+class Repeats:
+    """One contestant's measured runs of one scenario, summarised as a table shows them."""
+
+    runs: list[Measurement] = field(default_factory=list, kw_only=True)
+    loads: list[tuple[float, float, float]] = field(default_factory=list, kw_only=True)
+
+    @property
+    def wall_s(self) -> float:
+        return median(m.wall_s for m in self.runs)
+
+    @property
+    def cpu_s(self) -> float:
+        return median(m.cpu_s for m in self.runs)
+
+    @property
+    def peak_rss_bytes(self) -> int:
+        return max(m.peak_rss_bytes for m in self.runs)
+
+    @property
+    def base_rss_bytes(self) -> int:
+        return min(m.base_rss_bytes for m in self.runs)
+
+
+def peer_python(venv: Path, requirements: Sequence[str]) -> Path:
+    """The interpreter of a peer's own virtualenv (under bench/results/), made on first use.
 
     Peers live outside the project's venv so that their pins (e.g. an older
     python-dateutil) never change what Headwater runs with. The venv is reused
-    while its requirement list is unchanged.
+    while its requirement list is unchanged, and made afresh when it changes.
     """
-    root = Path(__file__).resolve().parent / "results" / venv
-    python = root / "bin" / "python"
-    stamp = root / ".requirements"
+    python = venv / "bin" / "python"
+    stamp = venv / ".requirements"
     wanted = "\n".join(requirements)
     if python.exists() and stamp.exists() and stamp.read_text() == wanted:
         return python
-    print(f"installing {', '.join(requirements)} into {root} (once)", flush=True)
-    run_checked([sys.executable, "-m", "venv", str(root)])
+    print(f"installing {', '.join(requirements)} into {venv} (once)", flush=True)
+    run_checked([sys.executable, "-m", "venv", "--clear", str(venv)])
     run_checked([str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip"])
     run_checked([str(python), "-m", "pip", "install", "--quiet", *requirements])
     stamp.write_text(wanted)

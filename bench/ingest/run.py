@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +36,11 @@ if str(BENCH) not in sys.path:
 from _common import (  # noqa: E402
     MIB,
     BenchError,
-    Measurement,
+    Repeats,
     load_average,
     machine_info,
     markdown_table,
-    median,
+    peer_python,
     ratio,
     run_checked,
     run_measured,
@@ -64,28 +64,10 @@ GOAL_FLOOR = 2.0  # Headwater wall time <= 2x the bare COPY's
 
 
 @dataclass
-class Outcome:
+class Outcome(Repeats):
     phase: str
     contestant: str
     rows: int = 0  # rows the phase moves (counted in the source)
-    runs: list[Measurement] = field(default_factory=list)
-    loads: list[tuple[float, float, float]] = field(default_factory=list)
-
-    @property
-    def wall_s(self) -> float:
-        return median(m.wall_s for m in self.runs)
-
-    @property
-    def cpu_s(self) -> float:
-        return median(m.cpu_s for m in self.runs)
-
-    @property
-    def peak_rss_bytes(self) -> int:
-        return max(m.peak_rss_bytes for m in self.runs)
-
-    @property
-    def base_rss_bytes(self) -> int:
-        return min(m.base_rss_bytes for m in self.runs)
 
     @property
     def rows_per_s(self) -> float:
@@ -104,17 +86,8 @@ def peers_python() -> Path:
 
 
 def ensure_peers() -> None:
-    """Create (or reuse) the virtualenv dlt runs from; reinstall when the pins change."""
-    stamp = PEERS_VENV / "hw-bench-packages.txt"
-    wanted = "\n".join(PEER_PACKAGES) + "\n"
-    if peers_python().exists() and stamp.exists() and stamp.read_text() == wanted:
-        return
-    _say(f"creating {PEERS_VENV} with {', '.join(PEER_PACKAGES)}")
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(PEERS_VENV)], check=True)
-    subprocess.run(
-        [str(peers_python()), "-m", "pip", "install", "--quiet", *PEER_PACKAGES], check=True
-    )
-    stamp.write_text(wanted)
+    """Create (or reuse) the virtualenv dlt runs from; remade when the pins change."""
+    peer_python(PEERS_VENV, PEER_PACKAGES)
 
 
 def peer_versions() -> dict[str, str]:

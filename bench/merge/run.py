@@ -21,7 +21,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +33,10 @@ from _common import (  # noqa: E402
     MIB,
     BenchError,
     Measurement,
+    Repeats,
     load_average,
     machine_info,
     markdown_table,
-    median,
     ratio,
     run_checked,
     run_measured,
@@ -86,23 +86,9 @@ class Scenario:
 
 
 @dataclass
-class Outcome:
+class Outcome(Repeats):
     scenario: Scenario
     contestant: str
-    runs: list[Measurement] = field(default_factory=list)
-    loads: list[tuple[float, float, float]] = field(default_factory=list)
-
-    @property
-    def wall_s(self) -> float:
-        return median(m.wall_s for m in self.runs)
-
-    @property
-    def cpu_s(self) -> float:
-        return median(m.cpu_s for m in self.runs)
-
-    @property
-    def peak_rss_bytes(self) -> int:
-        return max(m.peak_rss_bytes for m in self.runs)
 
 
 def _count(n: int) -> str:

@@ -78,7 +78,7 @@ def main() -> int:
     args = parser.parse_args()
     contestants = args.only or ["headwater", "dagster", "prefect"]
     if any(c != "headwater" for c in contestants) and args.peers_python is None:
-        args.peers_python = peer_python("orchestrate-peers-venv", PEER_REQUIREMENTS)
+        args.peers_python = peer_python(RESULTS / "orchestrate-peers-venv", PEER_REQUIREMENTS)
     runs: dict[str, list[Measurement]] = {c: [] for c in contestants}
     loads = []
     failures: list[str] = []

@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +35,11 @@ if str(BENCH) not in sys.path:
 from _common import (  # noqa: E402
     MIB,
     BenchError,
-    Measurement,
+    Repeats,
     load_average,
     machine_info,
     markdown_table,
-    median,
+    peer_python,
     ratio,
     run_checked,
     run_measured,
@@ -65,26 +65,8 @@ CHILD_TIMEOUT_S = 4 * 3600
 
 
 @dataclass
-class Outcome:
+class Outcome(Repeats):
     contestant: str
-    runs: list[Measurement] = field(default_factory=list)
-    loads: list[tuple[float, float, float]] = field(default_factory=list)
-
-    @property
-    def wall_s(self) -> float:
-        return median(m.wall_s for m in self.runs)
-
-    @property
-    def cpu_s(self) -> float:
-        return median(m.cpu_s for m in self.runs)
-
-    @property
-    def peak_rss_bytes(self) -> int:
-        return max(m.peak_rss_bytes for m in self.runs)
-
-    @property
-    def base_rss_bytes(self) -> int:
-        return min(m.base_rss_bytes for m in self.runs)
 
 
 def _say(message: str) -> None:
@@ -107,13 +89,8 @@ def ensure_peers(contestants: list[str]) -> None:
         SODA_V3_VENV if c == "soda_v3" else PEERS_VENV for c in contestants if c != "headwater"
     }
     for venv, packages in ((PEERS_VENV, PEER_PACKAGES), (SODA_V3_VENV, SODA_V3_PACKAGES)):
-        if venv in wanted and not peers_python(venv).exists():
-            _say(f"creating {venv} with {', '.join(packages)} (once)")
-            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-            subprocess.run(
-                [str(peers_python(venv)), "-m", "pip", "install", "--quiet", *packages],
-                check=True,
-            )
+        if venv in wanted:
+            peer_python(venv, packages)
 
 
 def interpreter(contestant: str) -> str:

@@ -44,6 +44,7 @@ from _common import (  # noqa: E402
     load_average,
     machine_info,
     markdown_table,
+    peer_python,
     run_measured,
     source_revision,
     write_json,
@@ -61,16 +62,7 @@ GOAL_FLOOR = 3.0  # Headwater time <= 3x the batch floor's
 
 def ensure_flink() -> Path:
     """PyFlink in its own virtualenv (it pins its own pyarrow, pandas, ...)."""
-    python = FLINK_VENV / "bin" / "python"
-    probe = [str(python), "-c", "import pyflink"]
-    if python.exists() and subprocess.call(probe, stderr=subprocess.DEVNULL) == 0:
-        return python
-    print(f"installing apache-flink=={FLINK_VERSION} into {FLINK_VENV} ...", flush=True)
-    subprocess.check_call([sys.executable, "-m", "venv", "--clear", str(FLINK_VENV)])
-    subprocess.check_call(
-        [str(python), "-m", "pip", "install", "-q", f"apache-flink=={FLINK_VERSION}"]
-    )
-    return python
+    return peer_python(FLINK_VENV, (f"apache-flink=={FLINK_VERSION}",))
 
 
 def ensure_data(events: int, files: int) -> Path:
