@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from ..errors import ConfigError, HeadwaterError
 from .base import ReadContext
-from .sql import SRC, Described, Mode, SqlSource, connection_settings, scrub
+from .sql import SRC, Described, ServerSqlSource, connection_settings, scrub
 
 # Rows fetched from the unbuffered cursor per Arrow batch.
 FETCH_ROWS = 10_000
@@ -104,55 +104,10 @@ class _Session:
     names: list[str] = field(default_factory=list)
 
 
-class MySqlSource(SqlSource):
+class MySqlSource(ServerSqlSource):
     kind = "mysql"
     streams = True
     discovers_keys = True
-
-    def __init__(
-        self,
-        table: str | None = None,
-        *,
-        connection: str | None = None,
-        dsn: str | None = None,
-        host: str | None = None,
-        port: int | None = None,
-        database: str | None = None,
-        user: str | None = None,
-        query: str | None = None,
-        columns: Sequence[str] = (),
-        mode: Mode = "incremental",
-        cursor: str | None = None,
-        tiebreak: str | Sequence[str] | None = None,
-        chunk_rows: int | None = None,
-        lag: str | int | float | timedelta | None = None,
-        full_reload_every: str | int | float | timedelta | None = None,
-        detect_deletes: bool = False,
-        timezone: str = "UTC",
-        deleted_column: str = "_deleted_at",
-    ) -> None:
-        super().__init__(
-            table,
-            query=query,
-            columns=columns,
-            mode=mode,
-            cursor=cursor,
-            tiebreak=tiebreak,
-            chunk_rows=chunk_rows,
-            lag=lag,
-            full_reload_every=full_reload_every,
-            detect_deletes=detect_deletes,
-            timezone=timezone,
-            deleted_column=deleted_column,
-        )
-        if connection is None and dsn is None and host is None:
-            raise ConfigError(
-                f"mysql source {table or 'query'}: give connection= (a [connections.NAME] of headwater.toml) or dsn=",
-                "secrets belong in the connection (password_env=...), never in the pipeline",
-            )
-        self.connection = connection
-        self.dsn = dsn
-        self.overrides = {"host": host, "port": port, "database": database, "user": user}
 
     def describe(self) -> str:
         return f"mysql {self.connection or 'dsn'} {self.spec.table or 'query'} ({self.spec.mode})"

@@ -23,14 +23,13 @@ import queue
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 import pyarrow as pa
 
 from ..errors import ConfigError, HeadwaterError
 from .base import ReadContext
-from .sql import SRC, Described, Mode, SqlSource, connection_settings, first_line, scrub
+from .sql import SRC, Described, ServerSqlSource, connection_settings, first_line, scrub
 
 # Types the Arrow stream carries faithfully; others are cast to text in the query.
 _NATIVE = {
@@ -150,55 +149,10 @@ class _ReadAhead:
         self.thread.join()
 
 
-class PostgresSource(SqlSource):
+class PostgresSource(ServerSqlSource):
     kind = "postgres"
     streams = True
     discovers_keys = True
-
-    def __init__(
-        self,
-        table: str | None = None,
-        *,
-        connection: str | None = None,
-        dsn: str | None = None,
-        host: str | None = None,
-        port: int | None = None,
-        database: str | None = None,
-        user: str | None = None,
-        query: str | None = None,
-        columns: Sequence[str] = (),
-        mode: Mode = "incremental",
-        cursor: str | None = None,
-        tiebreak: str | Sequence[str] | None = None,
-        chunk_rows: int | None = None,
-        lag: str | int | float | timedelta | None = None,
-        full_reload_every: str | int | float | timedelta | None = None,
-        detect_deletes: bool = False,
-        timezone: str = "UTC",
-        deleted_column: str = "_deleted_at",
-    ) -> None:
-        super().__init__(
-            table,
-            query=query,
-            columns=columns,
-            mode=mode,
-            cursor=cursor,
-            tiebreak=tiebreak,
-            chunk_rows=chunk_rows,
-            lag=lag,
-            full_reload_every=full_reload_every,
-            detect_deletes=detect_deletes,
-            timezone=timezone,
-            deleted_column=deleted_column,
-        )
-        if connection is None and dsn is None and host is None:
-            raise ConfigError(
-                f"postgres source {table or 'query'}: give connection= (a [connections.NAME] of headwater.toml) or dsn=",
-                "secrets belong in the connection (password_env=...), never in the pipeline",
-            )
-        self.connection = connection
-        self.dsn = dsn
-        self.overrides = {"host": host, "port": port, "database": database, "user": user}
 
     def describe_source(self) -> str:
         return self.connection or "dsn"

@@ -401,6 +401,56 @@ class SqlSource(Source):
         return spec
 
 
+class ServerSqlSource(SqlSource):
+    """Base of SQL connectors reached over the network (PostgreSQL, MySQL/MariaDB):
+    the SQL options plus where the server is. Secrets stay in the connection."""
+
+    def __init__(
+        self,
+        table: str | None = None,
+        *,
+        connection: str | None = None,
+        dsn: str | None = None,
+        host: str | None = None,
+        port: int | None = None,
+        database: str | None = None,
+        user: str | None = None,
+        query: str | None = None,
+        columns: Sequence[str] = (),
+        mode: Mode = "incremental",
+        cursor: str | None = None,
+        tiebreak: str | Sequence[str] | None = None,
+        chunk_rows: int | None = None,
+        lag: str | int | float | timedelta | None = None,
+        full_reload_every: str | int | float | timedelta | None = None,
+        detect_deletes: bool = False,
+        timezone: str = "UTC",
+        deleted_column: str = "_deleted_at",
+    ) -> None:
+        super().__init__(
+            table,
+            query=query,
+            columns=columns,
+            mode=mode,
+            cursor=cursor,
+            tiebreak=tiebreak,
+            chunk_rows=chunk_rows,
+            lag=lag,
+            full_reload_every=full_reload_every,
+            detect_deletes=detect_deletes,
+            timezone=timezone,
+            deleted_column=deleted_column,
+        )
+        if connection is None and dsn is None and host is None:
+            raise ConfigError(
+                f"{self.kind} source {table or 'query'}: give connection= (a [connections.NAME] of headwater.toml) or dsn=",
+                "secrets belong in the connection (password_env=...), never in the pipeline",
+            )
+        self.connection = connection
+        self.dsn = dsn
+        self.overrides = {"host": host, "port": port, "database": database, "user": user}
+
+
 @dataclass
 class _Run:
     """One read of a SQL source: the mode's logic over the connector's scans."""
