@@ -388,6 +388,27 @@ def run_driver(root: Path, failpoint: str | None = None) -> subprocess.Completed
     )
 
 
+def seed_orders(db: Maria, n: int) -> None:
+    """The orders table with rows 1..n."""
+    db.sql(ORDERS)
+    for i in range(1, n + 1):
+        db.sql(
+            "INSERT INTO orders VALUES (%s, %s, %s, 'new', '2024-01-01 00:00:00.5', 'n')",
+            (i, f"c{i}", i),
+        )
+
+
+def cdc_project(root: Path, db: Maria, name: str, chunk_rows: int) -> None:
+    """A project streaming `orders` (PIPELINE), connected without a password in the file."""
+    connection = {k: v for k, v in db.settings.items() if k != "password"}
+    (root / "headwater.toml").write_text(
+        f'[project]\nname = "{name}"\n[defaults]\nchunk_rows = {chunk_rows}\n[connections.shop]\n'
+        + "".join(f"{k} = {json.dumps(v)}\n" for k, v in connection.items())
+    )
+    (root / "pipelines").mkdir()
+    write_pipeline(root, "cdc", PIPELINE)
+
+
 def mutate(db: Maria, first: int, offset: int) -> int:
     """Deterministic changes; returns how many row changes the binlog gets."""
     changes = 0
@@ -419,19 +440,8 @@ def mutate(db: Maria, first: int, offset: int) -> int:
 def test_sigkill_at_any_step_loses_and_repeats_nothing(
     tmp_path: Path, maria: Maria, phase: int, point: str, nth: int
 ) -> None:
-    maria.sql(ORDERS)
-    for i in range(1, 41):
-        maria.sql(
-            "INSERT INTO orders VALUES (%s, %s, %s, 'new', '2024-01-01 00:00:00.5', 'n')",
-            (i, f"c{i}", i),
-        )
-    connection = {k: v for k, v in maria.settings.items() if k != "password"}
-    (tmp_path / "headwater.toml").write_text(
-        '[project]\nname = "cdc"\n[defaults]\nchunk_rows = 10\n[connections.shop]\n'
-        + "".join(f"{k} = {json.dumps(v)}\n" for k, v in connection.items())
-    )
-    (tmp_path / "pipelines").mkdir()
-    write_pipeline(tmp_path, "cdc", PIPELINE)
+    seed_orders(maria, 40)
+    cdc_project(tmp_path, maria, "cdc", chunk_rows=10)
     failpoint = f"{point}@{nth}"
 
     def run(crash: bool) -> None:
@@ -749,19 +759,8 @@ def test_prerequisites_name_what_is_missing_and_setup_fixes_variables(maria: Mar
 
 def test_cdc_commands_and_run_from_the_cli(tmp_path: Path, maria: Maria) -> None:
     """The user's path: cdc setup checks the server, run streams, cdc status shows where."""
-    maria.sql(ORDERS)
-    for i in range(1, 41):
-        maria.sql(
-            "INSERT INTO orders VALUES (%s, %s, %s, 'new', '2024-01-01 00:00:00.5', 'n')",
-            (i, f"c{i}", i),
-        )
-    connection = {k: v for k, v in maria.settings.items() if k != "password"}
-    (tmp_path / "headwater.toml").write_text(
-        '[project]\nname = "cdc"\n[defaults]\nchunk_rows = 10\n[connections.shop]\n'
-        + "".join(f"{k} = {json.dumps(v)}\n" for k, v in connection.items())
-    )
-    (tmp_path / "pipelines").mkdir()
-    write_pipeline(tmp_path, "cdc", PIPELINE)
+    seed_orders(maria, 40)
+    cdc_project(tmp_path, maria, "cdc", chunk_rows=10)
     cli = CliRunner()
 
     def headwater(*args: str) -> Any:
@@ -838,13 +837,7 @@ def test_soak_random_workload_with_random_crashes(tmp_path: Path, maria: Maria) 
     maria.sql(ORDERS)
     work = Workload(maria, seed=2024)
     work.run(200)
-    connection = {k: v for k, v in maria.settings.items() if k != "password"}
-    (tmp_path / "headwater.toml").write_text(
-        '[project]\nname = "soak"\n[defaults]\nchunk_rows = 5\n[connections.shop]\n'
-        + "".join(f"{k} = {json.dumps(v)}\n" for k, v in connection.items())
-    )
-    (tmp_path / "pipelines").mkdir()
-    write_pipeline(tmp_path, "cdc", PIPELINE)
+    cdc_project(tmp_path, maria, "soak", chunk_rows=5)
     rng = random.Random(99)
     for _ in range(12):
         point = rng.choice(["after_read", "after_stage", "after_commit"])
