@@ -582,6 +582,96 @@ def test_a_large_file_streams_in_increments_that_resume_inside_it(tmp_path: Path
         )
 
 
+def _big_csv(path: Path, rows: int, bad: dict[int, str]) -> dict[int, int]:
+    """A CSV of `rows` data rows (header first), some with quoted newlines and carriage
+    returns in their values; `bad` replaces rows by malformed ones. The line each row
+    starts on."""
+    lines, starts, line = ["id,name,amount"], {}, 2
+    for n in range(rows):
+        if n in bad:
+            text = bad[n]
+        elif n % 997 == 0:
+            text = f'{n},"two\nlines {n}",{n}.5'
+        elif n % 1009 == 0:
+            text = f'{n},"carriage\rreturn, quoted ""{n}""",{n}.5'
+        else:
+            text = f"{n},name {n},{n}.5"
+        lines.append(text)
+        starts[n] = line
+        line += text.count("\n") + 1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(("\n".join(lines) + "\n").encode())
+    return starts
+
+
+def test_malformed_rows_deep_in_a_large_csv_are_quarantined_at_their_line(
+    tmp_path: Path,
+) -> None:
+    # Whole-block parsing (the default 16MB block holds the file): bad rows far apart,
+    # quoted newlines and carriage returns before and after them.
+    bad = {
+        1234: "1234,surplus,1.5,x",
+        150_001: "150001,too few",
+        150_002: '150002,"quoted, but not a number",lots',
+        199_999: "199999,last NOT-UTF-8,1.5",
+    }
+    starts = _big_csv(tmp_path / "in" / "big.csv", 200_000, bad)
+    path = tmp_path / "in" / "big.csv"
+    path.write_bytes(path.read_bytes().replace(b"NOT-UTF-8", b"\xff\xfe"))
+    source = files("in/*.csv", columns={"id": "int64", "name": "string", "amount": "double"})
+    increments = read_all(source, tmp_path, chunk_rows=10_000_000)
+    table = pa.concat_tables([i.data for i in increments])
+    rejected = pa.concat_tables([i.rejected for i in increments if i.rejected is not None])
+    got = table.column("id").to_pylist()
+    assert got == [n for n in range(200_000) if n not in (1234, 150_001, 150_002, 199_999)]
+    rows = table.to_pylist()
+    assert rows[997] == {"id": 997, "name": "two\nlines 997", "amount": 997.5}
+    assert rows[1009] == {"id": 1009, "name": 'carriage\rreturn, quoted "1009"', "amount": 1009.5}
+    where = {r["location"]: r for r in rejected.to_pylist()}
+    assert set(where) == {f"line {starts[n]}" for n in bad}
+    assert where[f"line {starts[1234]}"]["reason"] == "Expected 3 columns, got 4"
+    assert where[f"line {starts[150_001]}"]["record"] == "150001,too few"
+    assert "double" in where[f"line {starts[150_002]}"]["reason"]
+    assert where[f"line {starts[199_999]}"]["reason"] == "not valid UTF-8 text"
+    assert all(r["source"] == "in/big.csv" for r in where.values())
+
+
+def test_a_csv_read_in_blocks_resumes_at_every_position_with_its_line_numbers(
+    tmp_path: Path,
+) -> None:
+    # Blocks smaller than some quoted values: a record straddles reads and grows the
+    # block. Every increment's position, as after a crash, yields exactly the rest, and
+    # rejections after it keep their lines.
+    long_value = "x" * 3000 + "\n" + "y" * 3000
+    bad = {2500: "2500,surplus,1.5,x", 4700: "4700,name,lots"}
+    starts = _big_csv(tmp_path / "in" / "big.csv", 5000, bad)
+    path = tmp_path / "in" / "big.csv"
+    path.write_bytes(
+        path.read_bytes().replace(b"300,name 300,300.5", f'300,"{long_value}",300.5'.encode())
+    )
+    source = files("in/*.csv", block_size="4KB", chunk_bytes="8KB", columns={"amount": "double"})
+    increments = read_all(source, tmp_path)
+    assert len(increments) > 10
+    want = [n for n in range(5000) if n not in bad]
+    assert [n for i in increments for n in i.data.column("id").to_pylist()] == want
+    assert [n for i in increments for n in i.data.column("name").to_pylist()][300] == long_value
+    lines = {f"line {starts[n] + 1}" for n in bad}  # after row 300's added line
+    for k in range(len(increments) - 1):
+        rest = read_all(source, tmp_path, increments[k].position)
+        done = sum(i.data.num_rows for i in increments[: k + 1])
+        assert [n for i in rest for n in i.data.column("id").to_pylist()] == want[done:]
+        later = {
+            r["location"] for i in rest if i.rejected is not None for r in i.rejected.to_pylist()
+        }
+        earlier = {
+            r["location"]
+            for i in increments[: k + 1]
+            if i.rejected is not None
+            for r in i.rejected.to_pylist()
+        }
+        assert later | earlier == lines and not later & earlier
+
+
 @pytest.mark.parametrize("fmt", ["parquet", "avro", "ndjson", "json"])
 def test_every_format_resumes_inside_a_file(tmp_path: Path, fmt: str) -> None:
     folder = tmp_path / "in"

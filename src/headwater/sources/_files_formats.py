@@ -1,7 +1,10 @@
 """Reading one file as a stream of pieces, each with the place reading would go on after it.
 
 Text (NDJSON, CSV) is cut into blocks of whole records (`block_size` bytes) and
-each block is parsed by pyarrow's multithreaded readers. Only a block that fails
+each block is parsed by pyarrow's multithreaded readers. CSV blocks stay Arrow
+buffers (no copy unless a record straddles two reads); the record ends, line
+numbers and whether any line end lies inside a quoted value (if none, the parser
+need not track quoted newlines) are found by numpy. Only a block that fails
 is taken apart: it is split in halves until the records that cannot be read on
 their own are isolated; those are rejected with their line and the reason, the
 rest load. Parquet streams by batches of row groups, Avro by blocks (fastavro).
@@ -17,6 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
@@ -390,6 +394,54 @@ def _json_document(
 
 
 # -- CSV ---------------------------------------------------------------------------
+@dataclass
+class _Block:
+    data: pa.Buffer
+    lines: int  # line ends in the block
+    plain: bool  # no line end inside a quoted value
+
+
+def _csv_blocks(stream: Any, size: int, quote: bytes) -> Iterator[_Block]:
+    """Blocks of whole CSV records, as Arrow buffers read `size` bytes at a time.
+
+    A record ends at a line end after an even number of quotes (counted from the
+    block's start, which is a record's start). The file's rest is one block once
+    the next read comes back empty. A record longer than a block makes the block
+    grow; quoting that never closes (a malformed file) is cut at a line end after
+    8 blocks."""
+    mark = quote[0] if len(quote) == 1 else None
+    carry: pa.Buffer | None = None
+    data = stream.read_buffer(size)
+    while True:
+        if carry is not None and carry.size:
+            data = pa.py_buffer(carry.to_pybytes() + data.to_pybytes())
+        carry = None
+        if not data.size:
+            return
+        following = stream.read_buffer(size)
+        view = np.frombuffer(data, dtype=np.uint8)
+        ends = np.flatnonzero(view == 10)
+        if mark is None:
+            inside = np.zeros(len(ends), dtype=bool)
+        else:
+            quotes = np.flatnonzero(view == mark)
+            inside = (np.searchsorted(quotes, ends) & 1).astype(bool)
+        if not following.size:
+            yield _Block(data, len(ends), not inside.any())
+            return
+        outside = np.flatnonzero(~inside)
+        if len(outside):
+            count = int(outside[-1]) + 1
+        elif data.size > 8 * size and len(ends):
+            count = len(ends)
+        else:
+            carry, data = data, following
+            continue
+        end = int(ends[count - 1]) + 1
+        yield _Block(data.slice(0, end), count, not inside[:count].any())
+        carry, data = data.slice(end), following
+
+
 def _csv(
     fs: pafs.FileSystem, path: str, source: str, at: dict[str, int] | None, options: ReadOptions
 ) -> Iterator[Piece]:
@@ -398,27 +450,29 @@ def _csv(
     names, after_header = _csv_header(fs, path, delimiter, options, cut)
     start = after_header if at is None else at
     declared = {f.name: f.type for f in options.columns} if options.columns is not None else {}
-    parse_options = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
+    quoted = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
+    plain = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=False)
+    read_options = pacsv.ReadOptions(column_names=names)
 
-    def read(data: bytes, types: dict[str, pa.DataType]) -> pa.Table:
+    def read(data: pa.Buffer | bytes, types: dict[str, pa.DataType], how: Any) -> pa.Table:
         return pacsv.read_csv(
-            io.BytesIO(data),
-            read_options=pacsv.ReadOptions(column_names=names),
-            parse_options=parse_options,
+            pa.BufferReader(data),
+            read_options=read_options,
+            parse_options=how,
             convert_options=pacsv.ConvertOptions(column_types=types),
         )
 
-    def parse(data: bytes) -> pa.Table | None:
-        if not data.strip():
+    def parse(data: pa.Buffer | bytes, how: Any = quoted) -> pa.Table | None:
+        table = read(data, declared, how)
+        if table.num_rows == 0:
             return None
-        table = read(data, declared)
         # Text that is not UTF-8 turns a column into binary: read it as text again,
         # so that the rows at fault fail and are rejected.
         binary = [
             f.name for f in table.schema if pa.types.is_binary(f.type) and f.name not in declared
         ]
         if binary:
-            table = read(data, {**declared, **{name: pa.string() for name in binary}})
+            table = read(data, {**declared, **{name: pa.string() for name in binary}}, how)
         return table
 
     def explain(record: bytes, exc: Exception) -> str:
@@ -429,14 +483,27 @@ def _csv(
             return "not valid UTF-8 text"
         return reason
 
-    def parse_block(block: bytes, line: int) -> tuple[list[pa.Table], list[dict[str, Any]]]:
+    def parse_block(block: _Block, line: int) -> tuple[list[pa.Table], list[dict[str, Any]]]:
         try:
-            table = parse(block)
+            table = parse(block.data, plain if block.plain else quoted)
         except (pa.ArrowException, ValueError):
-            return _salvage(_records(block, line, options.quote), parse, explain, source)
+            try:
+                # A carriage return inside a quoted value also needs the quoted parser.
+                table = parse(block.data) if block.plain else None
+            except (pa.ArrowException, ValueError):
+                table = None
+            if table is None:
+                records = _records(block.data.to_pybytes(), line, options.quote)
+                return _salvage(records, parse, explain, source)
         return ([table] if table is not None else []), []
 
-    yield from _text_pieces(fs, path, start, options, cut, parse_block)
+    byte, line = start["byte"], start["line"]
+    with _open(fs, path, byte) as stream:
+        for block in _csv_blocks(stream, options.block_size, options.quote):
+            tables, rejected = parse_block(block, line)
+            byte += block.data.size
+            line += block.lines
+            yield Piece(_concat(tables), rejected, {"byte": byte, "line": line})
 
 
 def _csv_header(
@@ -448,13 +515,15 @@ def _csv_header(
 ) -> tuple[list[str], dict[str, int]]:
     """The column names, and where the data starts (after the header record, if any)."""
     start = _start(fs, path, None)
+    declared = [f.name for f in options.columns] if options.columns is not None else None
+    if not options.header and declared is not None:
+        return declared, start
     first: tuple[int, bytes, int] | None = None
     with _open(fs, path, start["byte"]) as stream:
         for block in _blocks(stream, 1 << 16, cut):
             records = _records(block, 1, options.quote)
             first = records[0] if records else None
             break
-    declared = [f.name for f in options.columns] if options.columns is not None else None
     if first is None:
         return declared or [], start
     line, record, end = first
