@@ -43,7 +43,7 @@ import time
 import uuid
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final
 
 import psycopg
@@ -54,19 +54,9 @@ from psycopg import sql
 from ..errors import ConfigError, HeadwaterError
 from . import _pgoutput_admin as admin
 from ._change_rows import CHANGE_TYPE, CHANGE_TYPES, SEQUENCE_TYPE
-from ._pgoutput import DecodeError, Message, decode, int_to_lsn, lsn_to_int
-from ._pgoutput_changes import (
-    DELETE,
-    SNAPSHOT,
-    TRUNCATE,
-    Assembler,
-    Batch,
-    Cell,
-    ChangeRow,
-    Key,
-    Pending,
-    sequence,
-)
+from ._pgoutput import DecodeError, int_to_lsn, lsn_to_int
+from ._pgoutput_changes import DELETE, SNAPSHOT, TRUNCATE, Key, Pending, sequence
+from ._pgoutput_columns import ColumnAssembler, ColumnBatch
 from ._pgoutput_server import (
     NAME,
     RETRIES,
@@ -524,16 +514,26 @@ class PostgresCdcSource(Source):
         return self._with_changes(arrays, ops, seqs, times)
 
     def _with_changes(
-        self, arrays: dict[str, pa.Array], ops: list[str], seqs: list[int], times: list[datetime]
+        self,
+        arrays: dict[str, pa.Array],
+        ops: list[str],
+        seqs: list[int],
+        times: list[datetime] | pa.Array,
     ) -> pa.Table:
         columns = dict(arrays)
+        op_array = pa.array(ops, pa.string())
         if self.op_column:
-            columns[self.op_column] = pa.array(ops, pa.string())
+            columns[self.op_column] = op_array
         columns[self.sequence_column] = pa.array(seqs, SEQUENCE_TYPE)
         if self.commit_ts_column:
-            columns[self.commit_ts_column] = pa.array(times, pa.timestamp("us", "UTC"))
+            columns[self.commit_ts_column] = (
+                times if isinstance(times, pa.Array) else pa.array(times, pa.timestamp("us", "UTC"))
+            )
         if self.change_type:
-            columns[CHANGE_TYPE] = pa.array([CHANGE_TYPES[o] for o in ops], pa.string())
+            # Each distinct operation is looked up once, not once per row.
+            encoded = op_array.dictionary_encode()
+            kinds = pa.array([CHANGE_TYPES[o] for o in encoded.dictionary.to_pylist()], pa.string())
+            columns[CHANGE_TYPE] = kinds.take(encoded.indices)
         return pa.table(columns)
 
     # -- the change stream --------------------------------------------------------------------
@@ -550,8 +550,13 @@ class PostgresCdcSource(Source):
         limit = self.chunk_rows or ctx.chunk_rows
         publication = self.publication_name(ctx)
         upto = self._control.run(connector, "reading the WAL position", flushed_lsn)
-        assembler = Assembler(
-            info.qualified, info.keys, info.relids, (info.schema, info.name), start
+        assembler = ColumnAssembler(
+            info.qualified,
+            info.keys,
+            info.relids,
+            (info.schema, info.name),
+            start,
+            server.encoding,
         )
         while True:
             # The table holds everything before `start`, so the slot may forget it: this
@@ -575,7 +580,7 @@ class PostgresCdcSource(Source):
             # Fewer messages than asked for: everything committed before `upto` was read.
             complete = len(messages) < limit
             end = upto if complete else max(start, batch.last_end or start)
-            if batch.rows:
+            if len(batch):
                 data, filled = self._batch_table(ctx, connector, info, batch)
                 metrics = self._metrics(
                     ctx, connector, slot, batch, end, time.monotonic() - began, filled
@@ -606,14 +611,14 @@ class PostgresCdcSource(Source):
         upto: int,
         limit: int,
         server: Server,
-    ) -> list[Message]:
+    ) -> list[bytes]:
         cursor = conn.cursor(binary=True)
         cursor.execute(
             "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, %s::pg_lsn, %s, "
             "'proto_version', '1', 'publication_names', %s)",
             [slot, int_to_lsn(upto), limit, publication],
         )
-        return [decode(bytes(row[0]), server.encoding) for row in cursor]
+        return [bytes(row[0]) for row in cursor]
 
     def _advance(self, connector: Connector, slot: str, lsn: int) -> None:
         """Move the slot forward to `lsn` (never back, never past the flushed WAL)."""
@@ -642,10 +647,14 @@ class PostgresCdcSource(Source):
 
     # -- a round of changes as Arrow ---------------------------------------------------------------
     def _batch_table(
-        self, ctx: ReadContext, connector: Connector, info: TableInfo, batch: Batch
+        self, ctx: ReadContext, connector: Connector, info: TableInfo, batch: ColumnBatch
     ) -> tuple[pa.Table, int]:
-        rows = self._expand_truncates(ctx, info, batch.rows)
-        pending = {v for r in rows for v in r.values.values() if isinstance(v, Pending)}
+        if batch.seen:
+            self._expand_truncates(ctx, info, batch)
+        pending: set[Pending] = set()
+        if batch.pending:
+            for cells in batch.values.values():
+                pending.update(v for v in cells if isinstance(v, Pending))
         filled = self._fill(ctx, connector, info, pending) if pending else {}
         declared = {c.type_oid for c in batch.columns.values()}
         bases = (
@@ -658,32 +667,41 @@ class PostgresCdcSource(Source):
         for name, column in batch.columns.items():
             oid, typmod = bases.get(column.type_oid, (column.type_oid, column.typmod))
             typmod = typmod if typmod != -1 else column.typmod
-            values: list[str | None] = []
-            for row in rows:
-                value = row.values.get(name)
-                values.append(filled.get(value) if isinstance(value, Pending) else value)
+            values = batch.values.get(name) or [None] * len(batch)
+            if filled:
+                values = [filled.get(v) if isinstance(v, Pending) else v for v in values]
             arrays[name] = to_arrow(values, oid, typmod, info.qualified, name)
-        table = self._with_changes(
-            arrays, [r.op for r in rows], [r.seq for r in rows], [r.commit_ts for r in rows]
-        )
+        times = pa.array(batch.times, pa.int64()).cast(pa.timestamp("us", "UTC"))
+        table = self._with_changes(arrays, batch.ops, batch.seqs, times)
         return table, len(pending)
 
-    def _expand_truncates(
-        self, ctx: ReadContext, info: TableInfo, rows: list[ChangeRow]
-    ) -> list[ChangeRow]:
+    def _expand_truncates(self, ctx: ReadContext, info: TableInfo, batch: ColumnBatch) -> None:
         """A TRUNCATE deletes every key the table holds and every key changed before it."""
-        if not any(r.op == TRUNCATE for r in rows):
-            return rows
         held = self._table_keys(ctx, info)
-        out: list[ChangeRow] = []
-        for row in rows:
-            if row.op != TRUNCATE:
-                out.append(row)
+        names = list(batch.values)
+        columns = [batch.values[n] for n in names]
+        out: list[list[Any]] = [[] for _ in names]
+        ops: list[str] = []
+        seqs: list[int] = []
+        times: list[int] = []
+        for row, op in enumerate(batch.ops):
+            if op != TRUNCATE:
+                for column, cells in zip(out, columns, strict=True):
+                    column.append(cells[row])
+                ops.append(op)
+                seqs.append(batch.seqs[row])
+                times.append(batch.times[row])
                 continue
-            for key in sorted(held | row.seen, key=repr):
-                values: dict[str, Cell] = dict(zip(info.keys, key, strict=True))
-                out.append(ChangeRow(values, DELETE, row.seq, row.commit_ts))
-        return out
+            for key in sorted(held | batch.seen[row], key=repr):
+                values = dict(zip(info.keys, key, strict=True))
+                for column, name in zip(out, names, strict=True):
+                    column.append(values.get(name))
+                ops.append(DELETE)
+                seqs.append(batch.seqs[row])
+                times.append(batch.times[row])
+        batch.values = dict(zip(names, out, strict=True))
+        batch.ops, batch.seqs, batch.times = ops, seqs, times
+        batch.seen = {}
 
     def _target(self, ctx: ReadContext) -> Any:
         """The table being written (its committed state), if it exists yet."""
@@ -805,7 +823,7 @@ class PostgresCdcSource(Source):
         ctx: ReadContext,
         connector: Connector,
         slot: str,
-        batch: Batch,
+        batch: ColumnBatch,
         end: int,
         seconds: float,
         filled: int,
@@ -816,17 +834,17 @@ class PostgresCdcSource(Source):
 
         flushed, restart = self._control.run(connector, "measuring the slot", measure)
         lag = (
-            max(0.0, (datetime.now(UTC) - batch.last_commit_ts).total_seconds())
-            if batch.last_commit_ts
+            max(0.0, time.time() - batch.last_commit_micros / 1e6)
+            if batch.last_commit_micros is not None
             else 0.0
         )
         metrics: dict[str, Any] = {
             "source": self.kind,
             "phase": "stream",
             "slot": slot,
-            "changes": len(batch.rows),
+            "changes": len(batch),
             "transactions": batch.transactions,
-            "changes_per_second": round(len(batch.rows) / max(seconds, 1e-6), 1),
+            "changes_per_second": round(len(batch) / max(seconds, 1e-6), 1),
             "lag_bytes": max(0, flushed - end),
             "lag_seconds": round(lag, 3),
             "retained_wal_bytes": None if restart is None else max(0, flushed - restart),
