@@ -198,12 +198,21 @@ def test_tumbling_windows_with_dedup_equal_the_oracle(
 
 
 @SETTINGS
-@given(case=arrivals(), each=st.booleans())
+@given(
+    case=arrivals(),
+    lateness=st.sampled_from([0, 30]),
+    size=st.sampled_from([60, 50]),
+    each=st.booleans(),
+)
 def test_sliding_windows_equal_the_oracle(
     tmp_path_factory: pytest.TempPathFactory,
     case: tuple[list[dict[str, Any]], list[int]],
+    lateness: int,
+    size: int,
     each: bool,
 ) -> None:
+    # 1m every 20s is aggregated by panes; 50s every 20s (windows not made of whole
+    # steps) event by event.
     events, sizes = case
     lake = Lake(tmp_path_factory.mktemp("sliding"))
     feed = Feed([])
@@ -215,18 +224,24 @@ def test_sliding_windows_equal_the_oracle(
                 event_time="ts",
                 watermark="10s",
                 partition_column="partition",
-                window=sliding("1m", every="20s"),
+                window=sliding(f"{size}s", every="20s"),
                 group_by=["key"],
                 aggregates=AGGREGATES,
+                allowed_lateness=f"{lateness}s",
             ),
         )
     )
     feed_in(lake, feed, events, sizes, each)
     evs, judged = judge(events)
     pairs, window_late = oracle.tumbling_windows(
-        evs, judged.watermarks, list(range(len(evs))), 60 * SECOND, 0, every=20 * SECOND
+        evs,
+        judged.watermarks,
+        list(range(len(evs))),
+        size * SECOND,
+        lateness * SECOND,
+        every=20 * SECOND,
     )
-    expected = oracle.aggregate_sql(evs, pairs, 60 * SECOND, ["key"], judged.final)
+    expected = oracle.aggregate_sql(evs, pairs, size * SECOND, ["key"], judged.final)
     for r in expected:
         r["avg_v"] = round(r["avg_v"], 9)
     assert streamed(lake, "silver.sliding") == sorted(

@@ -5,6 +5,13 @@ accepted while the watermark at the event's arrival has not passed the
 window's end plus the allowed lateness; accepted contributions are aggregated
 per key and window into partials and merged into the window's state row. An
 event with no accepted window is late. Emission and expiry follow (`emit`).
+
+Sliding windows whose size is a multiple of their step are aggregated by
+panes (the step-long slices every window is made of): events are first
+aggregated per key, pane and number of the pane's windows that still take them
+(those are the first n, as window ends fall with k), and only those partials
+are copied into the windows and merged, so an event costs one row, not
+size/step rows. Sketch aggregates take the per-window path.
 """
 
 from __future__ import annotations
@@ -16,11 +23,20 @@ import pyarrow as pa
 
 from ..._sql import q
 from .. import emit
+from ..aggregates import SKETCHES
 from ..frame import Frame, micros
 from ..spec import Sliding, Tumbling
 from . import sliding, tumbling
 from .base import Assignment
-from .common import check_columns, column_types, group_key, input_columns, partial_sql, upsert
+from .common import (
+    check_columns,
+    column_types,
+    group_key,
+    input_columns,
+    merge_sql,
+    partial_sql,
+    upsert,
+)
 
 OPERATOR = "windows"
 ASSIGN: dict[type, Callable[[Any], Assignment]] = {
@@ -41,11 +57,43 @@ def aggregate(frame: Frame, events: str, source: str) -> pa.Table | None:
     carried = ", ".join(q(c) for c in input_columns(frame))
     window = stream.window
     plan = None
-    if window is None:
-        start, end, accepted, explode, where = "NULL::BIGINT", "NULL::BIGINT", "TRUE", "", ""
-    else:
+    if window is not None:
         assert isinstance(window, Tumbling | Sliding)
         plan = assignment(window)
+    if plan is not None and _by_panes(frame, plan):
+        grouped = _pane_partials(frame, events, source, plan, types)
+    else:
+        grouped = _window_partials(frame, events, source, plan, types, carried)
+    partial = frame.con.sql(
+        f"SELECT {group_key(groups)} || '@' || coalesce(window_start::VARCHAR, '') AS _key, "
+        f"{group_key(groups)} AS _gkey, * FROM ({grouped})"
+    ).to_arrow_table()
+    touched = upsert(
+        frame, OPERATOR, partial, ["_gkey", *groups, "window_start", "window_end"], types
+    )
+    rows = emit.emit(frame, OPERATOR, touched, windowed=window is not None)
+    if window is not None:
+        emit.expire(frame, OPERATOR, f"window_end + {frame.lateness} <= {frame.watermark}")
+    elif stream.state_ttl is not None:
+        ttl = micros(stream.state_ttl)
+        emit.expire(frame, OPERATOR, f"_last_ts + {ttl} <= {frame.watermark}")
+    return rows
+
+
+def _window_partials(
+    frame: Frame,
+    events: str,
+    source: str,
+    plan: Assignment | None,
+    types: dict[str, str],
+    carried: str,
+) -> str:
+    """SQL of the partials per key and window, from each event's contribution to each
+    of its windows."""
+    groups = frame.stream.group_by
+    if plan is None:
+        start, end, accepted, explode, where = "NULL::BIGINT", "NULL::BIGINT", "TRUE", "", ""
+    else:
         start = plan.start
         end = f"({plan.start} + {plan.size})"
         accepted = f"{end} + {frame.lateness} > _wm"
@@ -65,27 +113,54 @@ def aggregate(frame: Frame, events: str, source: str) -> pa.Table | None:
     else:
         contributions = f"({select})"
         late = f"NOT ({accepted})"
-    if window is not None:
+    if plan is not None:
         frame.record_late(events, late, "window closed", source)
     # Group on the columns themselves; the JSON key is built once per group, not per event.
-    grouped = (
+    return (
         "SELECT "
         + "".join(f"{q(g)}, " for g in groups)
         + "window_start, any_value(window_end) AS window_end, max(_ts) AS _last_ts, "
         + partial_sql(frame, types)
         + f" FROM {contributions} WHERE _ok GROUP BY ALL"
     )
-    partial = frame.con.sql(
-        f"SELECT {group_key(groups)} || '@' || coalesce(window_start::VARCHAR, '') AS _key, "
-        f"{group_key(groups)} AS _gkey, * FROM ({grouped})"
-    ).to_arrow_table()
-    touched = upsert(
-        frame, OPERATOR, partial, ["_gkey", *groups, "window_start", "window_end"], types
+
+
+def _by_panes(frame: Frame, plan: Assignment) -> bool:
+    return (
+        plan.copies > 1
+        and plan.every > 0
+        and plan.size % plan.every == 0
+        and not any(a.function in SKETCHES for _, a in frame.stream.aggregates)
     )
-    rows = emit.emit(frame, OPERATOR, touched, windowed=window is not None)
-    if window is not None:
-        emit.expire(frame, OPERATOR, f"window_end + {frame.lateness} <= {frame.watermark}")
-    elif stream.state_ttl is not None:
-        ttl = micros(stream.state_ttl)
-        emit.expire(frame, OPERATOR, f"_last_ts + {ttl} <= {frame.watermark}")
-    return rows
+
+
+def _pane_partials(
+    frame: Frame, events: str, source: str, plan: Assignment, types: dict[str, str]
+) -> str:
+    """SQL of the partials per key and sliding window, merged from partials per pane.
+
+    Window k (0..copies-1) of an event in pane p is [p - k*every, p - k*every + size);
+    it takes the event while its end plus the allowed lateness is after the
+    watermark at the event's arrival, i.e. for k*every < p + size + lateness - _wm:
+    the first n windows."""
+    groups = frame.stream.group_by
+    every, size, copies = plan.every, plan.size, plan.copies
+    pane = f"(_ts - (((_ts % {every}) + {every}) % {every}))"
+    taken = (
+        f"least({copies}, greatest(0, "
+        f"({pane} + {size + frame.lateness} - _wm + {every - 1}) // {every}))"
+    )
+    frame.record_late(events, f"{taken} = 0", "window closed", source)
+    columns = "".join(f"{q(g)}, " for g in groups)
+    panes = (
+        f"SELECT {columns}{pane} AS _pane, {taken} AS _n, max(_ts) AS _last_ts, "
+        + partial_sql(frame, types)
+        + f" FROM {q(events)} WHERE {taken} > 0 GROUP BY ALL"
+    )
+    start = f"(_pane - _k * {every})"
+    return (
+        f"SELECT {columns}{start} AS window_start, any_value({start} + {size}) AS window_end, "
+        "max(_last_ts) AS _last_ts, "
+        + merge_sql(frame, types)
+        + f" FROM ({panes}) CROSS JOIN range({copies}) AS _r(_k) WHERE _k < _n GROUP BY ALL"
+    )

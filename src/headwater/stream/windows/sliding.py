@@ -15,4 +15,4 @@ def assign(window: Sliding) -> Assignment:
     size, every = micros(window.size), micros(window.every)
     copies = -(-size // every)
     start = f"((_ts - (((_ts % {every}) + {every}) % {every})) - _k * {every})"
-    return Assignment(start=start, size=size, copies=copies)
+    return Assignment(start=start, size=size, copies=copies, every=every)
