@@ -2,8 +2,9 @@
 
 child.py generate ROOT --events N --files F
 child.py duckdb ROOT QUERY OUT.parquet
-child.py headwater ROOT QUERY WORK          (result exported to WORK/result.parquet)
-child.py verify ROOT QUERY FLOOR.parquet KIND PATH   (KIND: parquet | flink-csv)
+child.py headwater ROOT QUERY WORK [--files-per-batch N]   (result in WORK/result.parquet)
+child.py verify ROOT QUERY FLOOR.parquet KIND PATH [--files-per-batch N]
+                                            (KIND: parquet | flink-csv)
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from queries import (  # noqa: E402
     FLINK_SINKS,
     HEADWATER_RESULT,
     READS,
-    WATERMARK_S,
 )
 
 from _common import Stopwatch, child_report, current_rss_bytes  # noqa: E402
@@ -75,7 +75,7 @@ def duckdb_floor(root: Path, query: str, out: Path) -> None:
     child_report(watch.wall_s, watch.cpu_s, base, output_rows=rows[0] if rows else None)
 
 
-def headwater(root: Path, query: str, work: Path) -> None:
+def headwater(root: Path, query: str, work: Path, files_per_batch: int) -> None:
     import pipelines
 
     from headwater import Project, Runner
@@ -85,7 +85,7 @@ def headwater(root: Path, query: str, work: Path) -> None:
     work.mkdir(parents=True)
     (work / "headwater.toml").write_text('[project]\nname = "nexmark"\n')
     with collecting() as found:
-        names = pipelines.declare(root, query)
+        names = pipelines.declare(root, query, files_per_batch=files_per_batch)
     project = Project.of_specs(work, found)
     base = current_rss_bytes()
     results = []
@@ -99,7 +99,7 @@ def headwater(root: Path, query: str, work: Path) -> None:
             results.append(result)
     export_result(project.target(names[-1]).refresh().dataset(), query, work / "result.parquet")
     commits = {r.table: r.commits for r in results}
-    child_report(watch.wall_s, watch.cpu_s, base, commits=commits)
+    child_report(watch.wall_s, watch.cpu_s, base, commits=commits, files_per_batch=files_per_batch)
 
 
 LATENCY_QUERIES = ("q0", "q1", "q2", "q5", "q7", "q11")
@@ -214,24 +214,35 @@ def export_result(dataset: object, query: str, out: Path) -> None:
     con.execute(f"COPY (SELECT {HEADWATER_RESULT[query]} FROM result) TO '{out}' (FORMAT parquet)")
 
 
-def _final_watermark(con: object, root: Path, query: str) -> int:
+def watermark_s(query: str, files_per_batch: int) -> int:
+    """The query's watermark delay (s) in Headwater's pipelines (pipelines.py)."""
+    import pipelines
+
+    if query == "q8":
+        return pipelines.q8_watermark_s(files_per_batch)
+    return int(pipelines.WATERMARK.rstrip("s"))
+
+
+def _final_watermark(con: object, root: Path, query: str, files_per_batch: int) -> int:
     """The newest event time over the query's inputs (the least of their newest), minus
     the query's watermark delay."""
     newest = [
         con.execute(f"SELECT epoch_ms(max(dateTime)) FROM {s}").fetchone()[0]  # type: ignore[attr-defined]
         for s in READS[query]
     ]
-    return int(min(newest)) - 1000 * WATERMARK_S.get(query, 4)
+    return int(min(newest)) - 1000 * watermark_s(query, files_per_batch)
 
 
-def verify(root: Path, query: str, floor: Path, kind: str, path: Path) -> None:
+def verify(
+    root: Path, query: str, floor: Path, kind: str, path: Path, files_per_batch: int
+) -> None:
     """Compare a contestant's result with the floor's over closed windows; exit 1 if they differ."""
     import duckdb
 
     con = duckdb.connect(config={"threads": 2})
     con.execute("SET TimeZone = 'UTC'")
     csv_views(con, root, READS[query])
-    wm = _final_watermark(con, root, query)
+    wm = _final_watermark(con, root, query, files_per_batch)
     if kind == "flink-csv":
         types = {
             c.split(" ", 1)[0]: c.split(" ", 1)[1].replace("STRING", "VARCHAR").replace("(3)", "")
@@ -272,6 +283,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--files", type=int, default=100)
     parser.add_argument("--rate", type=float, default=10_000)
+    # One file per micro-batch unless told (run.py passes its --files-per-batch).
+    parser.add_argument("--files-per-batch", type=int, default=1)
     args = parser.parse_args()
     args.root = args.root.resolve()  # a project resolves relative paths against its own root
     if args.step == "generate":
@@ -281,10 +294,10 @@ def main() -> None:
     elif args.step == "latency":
         latency(args.root, args.rest[0], Path(args.rest[1]), args.events, args.rate)
     elif args.step == "headwater":
-        headwater(args.root, args.rest[0], Path(args.rest[1]))
+        headwater(args.root, args.rest[0], Path(args.rest[1]), args.files_per_batch)
     else:
         query, floor, kind, path = args.rest
-        verify(args.root, query, Path(floor), kind, Path(path))
+        verify(args.root, query, Path(floor), kind, Path(path), args.files_per_batch)
 
 
 if __name__ == "__main__":

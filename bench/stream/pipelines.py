@@ -1,5 +1,9 @@
 """The Nexmark queries as Headwater streaming tables (exactly-once, one commit per micro-batch).
 
+A micro-batch reads `files_per_batch` CSV files of a stream (default 5: 500,000
+events, 50 s of event time, about a second or two of processing, where Flink
+checkpoints every second); each is one Delta commit with the state checkpoint.
+
 Every table here is a streaming table (`stream=...`): each micro-batch commits
 its rows, the source positions, the watermark and the operator state's version
 in one Delta commit. Queries the stream operators express in one table are one
@@ -26,11 +30,21 @@ from typing import Any
 from queries import COLUMNS
 
 WATERMARK = "4s"
-Q8_WATERMARK_S = 15
+FILES_PER_BATCH = 5
+EVENTS_PER_FILE_S = 10  # seconds of event time in one file (100,000 events)
 _ARROW = {"BIGINT": "int64", "VARCHAR": "string", "TIMESTAMP": "timestamp[ms]"}
 
 
-def bids_source(root: Path, stream: str = "bid") -> Any:
+def q8_watermark_s(files_per_batch: int) -> int:
+    """q8's watermark delay (s): the event time of one upstream commit, plus 5 s.
+
+    The first micro-batch of q8's join holds all of one person commit before any
+    auction; until an input has delivered, it does not hold the watermark back, so
+    the watermark must allow for the event time one commit spans."""
+    return EVENTS_PER_FILE_S * files_per_batch + 5
+
+
+def bids_source(root: Path, stream: str = "bid", files_per_batch: int = FILES_PER_BATCH) -> Any:
     from headwater.sources import files
 
     return files(
@@ -38,15 +52,18 @@ def bids_source(root: Path, stream: str = "bid") -> Any:
         format="csv",
         header=False,
         columns={n: _ARROW[t] for n, t in COLUMNS[stream]},
-        chunk_files=1,  # one file per micro-batch (and one Delta commit)
+        chunk_files=files_per_batch,  # files per micro-batch (and per Delta commit)
         lookback=None,
     )
 
 
-def declare(root: Path, query: str, source: Any = None) -> list[str]:
+def declare(
+    root: Path, query: str, source: Any = None, files_per_batch: int = FILES_PER_BATCH
+) -> list[str]:
     """Declare the tables of `query` (inside `collecting()`); their names, result last.
 
-    `source(stream)` builds the input of a stream (default: its CSV files)."""
+    `source(stream)` builds the input of a stream (default: its CSV files, read
+    `files_per_batch` files per micro-batch)."""
     from headwater import table
     from headwater.stream import (
         count,
@@ -60,10 +77,13 @@ def declare(root: Path, query: str, source: Any = None) -> list[str]:
     )
 
     def src(name: str) -> Any:
-        return source(name) if source is not None else bids_source(root, name)
+        return source(name) if source is not None else bids_source(root, name, files_per_batch)
+
+    # A micro-batch is bounded by rows too: room for all the files' events.
+    max_records = 100_000 * files_per_batch
 
     def passthrough(**kw: Any) -> Any:
-        return stream(event_time="dateTime", watermark=WATERMARK, **kw)
+        return stream(event_time="dateTime", watermark=WATERMARK, max_records=max_records, **kw)
 
     if query == "q0":
         table("nexmark.q0", source=src("bid"), stream=passthrough())(
@@ -87,6 +107,7 @@ def declare(root: Path, query: str, source: Any = None) -> list[str]:
             stream=stream(
                 event_time="dateTime",
                 watermark=WATERMARK,
+                max_records=max_records,
                 window=sliding("10s", every="2s"),
                 group_by=["auction"],
                 aggregates={"num": count()},
@@ -111,6 +132,7 @@ def declare(root: Path, query: str, source: Any = None) -> list[str]:
             stream=stream(
                 event_time="dateTime",
                 watermark=WATERMARK,
+                max_records=max_records,
                 window=tumbling("10s"),
                 aggregates={"price": max_("price")},
             ),
@@ -141,12 +163,12 @@ def declare(root: Path, query: str, source: Any = None) -> list[str]:
         table(
             "nexmark.q8",
             inputs={"person": "nexmark.q8_person", "auction": "nexmark.q8_auction"},
-            # A micro-batch takes one upstream commit (one file's slice of event time)
-            # from each input and its events arrive input after input, so the watermark
-            # must allow for one slice (10 s) of disorder between people and auctions.
+            # A micro-batch takes one upstream commit (files_per_batch files' slice of
+            # event time) from each input and its events arrive input after input; see
+            # q8_watermark_s.
             stream=stream(
                 event_time="dateTime",
-                watermark=f"{Q8_WATERMARK_S}s",
+                watermark=f"{q8_watermark_s(files_per_batch)}s",
                 max_records=1,
                 join=interval_join("auction", on=["id", "ws"], lower="-10s", upper="10s"),
                 window=tumbling("10s"),
@@ -162,6 +184,7 @@ def declare(root: Path, query: str, source: Any = None) -> list[str]:
             stream=stream(
                 event_time="dateTime",
                 watermark=WATERMARK,
+                max_records=max_records,
                 window=session(gap="10s"),
                 group_by=["bidder"],
                 aggregates={"bid_count": count()},

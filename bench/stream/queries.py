@@ -205,8 +205,6 @@ CHECK = {
         "epoch_ms(endtime) <= {wm}",
     ),
 }
-# Watermark delay (s) per query where it is not 4 s (see pipelines.py, q8).
-WATERMARK_S = {"q8": 15}
 # Headwater's window columns, renamed to the floor's.
 HEADWATER_RESULT = {
     "q0": "auction, bidder, price, dateTime, extra",

@@ -10,7 +10,8 @@ child process:
 
 - duckdb: the query as one batch query over all events (the floor);
 - headwater: the query's streaming tables (pipelines.py), exactly-once, one Delta
-  commit (with the state checkpoint) per micro-batch of one file (100,000 events);
+  commit (with the state checkpoint) per micro-batch of --files-per-batch files
+  (default 5: 500,000 events);
 - flink: PyFlink's local mini cluster, Flink SQL (queries.py), streaming mode,
   exactly-once checkpoints every second to local files, parallelism 2, CSV sink.
   PyFlink is installed by this script into bench/results/flink-venv.
@@ -35,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 BENCH = HERE.parent
 sys.path[:0] = [str(HERE), str(BENCH)]
 
+from pipelines import FILES_PER_BATCH  # noqa: E402
 from queries import QUERIES  # noqa: E402
 
 from _common import (  # noqa: E402
@@ -85,9 +87,22 @@ def ensure_data(events: int, files: int) -> Path:
     return root
 
 
-def _verify(root: Path, query: str, floor: Path, kind: str, path: Path) -> bool:
+def _verify(
+    root: Path, query: str, floor: Path, kind: str, path: Path, files_per_batch: int
+) -> bool:
     out = subprocess.run(
-        [sys.executable, str(CHILD), "verify", str(root), query, str(floor), kind, str(path)],
+        [
+            sys.executable,
+            str(CHILD),
+            "verify",
+            str(root),
+            query,
+            str(floor),
+            kind,
+            str(path),
+            "--files-per-batch",
+            str(files_per_batch),
+        ],
         capture_output=True,
         text=True,
     )
@@ -101,6 +116,12 @@ def main() -> int:
     parser.add_argument("--queries", default=",".join(QUERIES))
     parser.add_argument("--only", default="duckdb,headwater,flink")
     parser.add_argument("--parallelism", type=int, default=2)
+    parser.add_argument(
+        "--files-per-batch",
+        type=int,
+        default=FILES_PER_BATCH,
+        help="Headwater: CSV files (100,000 events each) per micro-batch and Delta commit",
+    )
     parser.add_argument("--latency-rate", type=float, default=10_000, help="events/s offered")
     parser.add_argument("--latency-events", type=int, default=300_000)
     parser.add_argument("--no-latency", action="store_true")
@@ -134,6 +155,8 @@ def main() -> int:
                     str(root),
                     query,
                     str(work / f"headwater-{query}"),
+                    "--files-per-batch",
+                    str(args.files_per_batch),
                 ]
             else:
                 out = work / f"flink-{query}"
@@ -162,10 +185,17 @@ def main() -> int:
             )
             if name == "headwater":
                 entry["ok"] = _verify(
-                    root, query, floor, "parquet", work / f"headwater-{query}" / "result.parquet"
+                    root,
+                    query,
+                    floor,
+                    "parquet",
+                    work / f"headwater-{query}" / "result.parquet",
+                    args.files_per_batch,
                 )
             elif name == "flink":
-                entry["ok"] = _verify(root, query, floor, "flink-csv", work / f"flink-{query}")
+                entry["ok"] = _verify(
+                    root, query, floor, "flink-csv", work / f"flink-{query}", args.files_per_batch
+                )
             else:
                 entry["ok"] = True
             runs[query][name] = entry
@@ -228,6 +258,7 @@ def save(
             "events": args.events,
             "files": files,
             "parallelism": args.parallelism,
+            "files_per_batch": args.files_per_batch,
             "machine": machine_info(["headwater", "duckdb", "deltalake", "pyarrow"]),
             "flink": FLINK_VERSION,
             "revision": source_revision(BENCH.parent),
