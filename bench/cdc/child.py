@@ -84,7 +84,7 @@ def phases(root: Path, out: Path, cycles: int = 0, trigger: float = 1.0) -> None
 
     from headwater import Project, Runner
     from headwater.engine import run as engine_run
-    from headwater.sources import _pgoutput_changes
+    from headwater.sources import _pgoutput_columns
 
     # The module (the package exports a function of the same name).
     cdc_postgres = importlib.import_module("headwater.sources.cdc_postgres")
@@ -108,10 +108,9 @@ def phases(root: Path, out: Path, cycles: int = 0, trigger: float = 1.0) -> None
         setattr(owner, attribute, wrapper)
 
     source = cdc_postgres.PostgresCdcSource
-    timed(source, "_peek", "peek: server decoding + fetch + pgoutput decode")
-    timed(cdc_postgres, "decode", "  pgoutput decode (Python)")
-    timed(_pgoutput_changes.Assembler, "assemble", "assemble change rows")
-    timed(source, "_batch_table", "change rows -> Arrow")
+    timed(source, "_peek", "peek: server decoding + fetch (one value)")
+    timed(_pgoutput_columns.ColumnAssembler, "assemble_frames", "pgoutput bytes -> change columns")
+    timed(source, "_batch_table", "change columns -> Arrow")
     timed(source, "_advance", "advance the slot")
     timed(source, "_metrics", "metrics queries")
     timed(engine_run.Runner, "_write", "write: stage + merge + commit")

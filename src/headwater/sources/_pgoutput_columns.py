@@ -30,11 +30,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import numpy as np
+import pyarrow as pa
+
 from ..errors import DataError
 from ._pgoutput import PG_EPOCH, UNCHANGED, Column, DecodeError, Relation, decode
 from ._pgoutput_changes import DELETE, INSERT, TRUNCATE, UPDATE, Key, Pending
 
+_I16: Final = struct.Struct(">h").unpack_from
 _I32: Final = struct.Struct(">i").unpack_from
+_LENGTH: Final = struct.Struct(">i").pack
 _U32: Final = struct.Struct(">I").unpack_from
 _BEGIN: Final = struct.Struct(">Qq").unpack_from  # final LSN, commit time
 _COMMIT: Final = struct.Struct(">Qq").unpack_from  # end LSN, commit time (after the commit LSN)
@@ -43,10 +48,10 @@ PG_EPOCH_MICROS: Final = int(PG_EPOCH.timestamp()) * 1_000_000
 _WHAT: Final = {INSERT: "INSERT", UPDATE: "UPDATE", DELETE: "DELETE"}
 
 
-def values(data: bytes, pos: int, encoding: str) -> tuple[list[Any], int, bool]:
-    """A TupleData at `pos`: its values (text, None, or UNCHANGED), the position after
-    it, and whether a value is UNCHANGED. Binary values (never asked for) are None."""
-    end = len(data)
+def values(data: bytes, pos: int, end: int, encoding: str) -> tuple[list[Any], int, bool]:
+    """A TupleData at `pos` of a message ending at `end`: its values (text, None, or
+    UNCHANGED), the position after it, and whether a value is UNCHANGED. Binary values
+    (never asked for) are None."""
     try:
         count = (data[pos] << 8) | data[pos + 1]
     except IndexError:
@@ -56,7 +61,11 @@ def values(data: bytes, pos: int, encoding: str) -> tuple[list[Any], int, bool]:
     append = out.append
     unchanged = False
     # An ASCII message (nearly all are) is decoded once and its values sliced from the text.
-    text = data.decode("ascii") if encoding == "utf-8" and data.isascii() else None
+    text = None
+    if encoding == "utf-8":
+        part = data[pos:end]
+        if part.isascii():
+            text, base = part.decode("ascii"), pos
     try:
         for _ in range(count):
             kind = data[pos]
@@ -69,7 +78,11 @@ def values(data: bytes, pos: int, encoding: str) -> tuple[list[Any], int, bool]:
                     raise DecodeError(
                         f"value of {length} bytes runs past the message at byte {pos}"
                     )
-                append(text[pos:stop] if text is not None else data[pos:stop].decode(encoding))
+                append(
+                    text[pos - base : stop - base]
+                    if text is not None
+                    else data[pos:stop].decode(encoding)
+                )
                 pos = stop
             elif kind == 110:  # 'n': NULL
                 append(None)
@@ -89,16 +102,23 @@ def values(data: bytes, pos: int, encoding: str) -> tuple[list[Any], int, bool]:
     return out, pos, unchanged
 
 
-@dataclass
+def frame(messages: Iterable[bytes]) -> bytes:
+    """Messages in one buffer, each after its length (what `assemble_frames` reads)."""
+    parts: list[bytes] = []
+    for message in messages:
+        parts += (_LENGTH(len(message)), message)
+    return b"".join(parts)
+
+
 class _Layout:
     """Our relation's columns as one Relation message describes them."""
 
-    names: tuple[str, ...]
-    keys: tuple[int, ...]  # positions of the key columns (-1: not a column)
+    __slots__ = ("keys", "names", "width")
 
-    @property
-    def width(self) -> int:
-        return len(self.names)
+    def __init__(self, names: tuple[str, ...], keys: tuple[int, ...]) -> None:
+        self.names = names
+        self.keys = keys  # positions of the key columns (-1: not a column)
+        self.width = len(names)
 
 
 @dataclass
@@ -106,7 +126,8 @@ class ColumnBatch:
     """The changes of whole transactions, in commit order, column by column."""
 
     columns: dict[str, Column] = field(default_factory=dict)  # name -> latest definition
-    values: dict[str, list[Any]] = field(default_factory=dict)  # name -> one cell per row
+    # name -> one cell per row: text, None or `Pending`; or the column's text as Arrow
+    values: dict[str, list[Any] | pa.Array] = field(default_factory=dict)
     ops: list[str] = field(default_factory=list)
     seqs: list[int] = field(default_factory=list)
     times: list[int] = field(default_factory=list)  # commit time, microseconds since 1970 UTC
@@ -115,6 +136,7 @@ class ColumnBatch:
     transactions: int = 0
     last_end: int | None = None  # end of the last transaction read (ours or not)
     last_commit_micros: int | None = None
+    messages: int = 0  # messages read, of every table
 
     def __len__(self) -> int:
         return len(self.ops)
@@ -143,109 +165,119 @@ class ColumnAssembler:
 
     # -- the pass ---------------------------------------------------------------------------
     def assemble(self, messages: Iterable[bytes]) -> ColumnBatch:
+        """Messages one by one (as `pg_logical_slot_peek_binary_changes` rows)."""
+        return self.assemble_frames(frame(messages))
+
+    def assemble_frames(self, buf: bytes) -> ColumnBatch:
+        """Messages in one buffer, each after its length (a 32-bit big-endian integer)."""
+        last = len(buf)
+        pos = 0
         batch = ColumnBatch()
         encoding = self.encoding
         layouts = self.layouts
-        rows: list[list[Any]] = []
+        rows: list[Any] = []  # a tuple's offset in `buf`, or its decoded values
         ops: list[str] = []
         segments: list[tuple[int, _Layout]] = []  # (first row, layout) whenever it changes
-        spans: list[tuple[int, int, int, int]] = []  # kept transactions: rows from, to, LSN, time
-        state = _State(self, rows, ops, segments, batch)
+        spans: list[tuple[int, int, int, int]] = []  # kept transactions: first row, rows, LSN, time
+        state = _State(self, buf, rows, ops, segments, batch)
         add_row, add_op = rows.append, ops.append
+        segment: _Layout | None = None  # the layout of the last segment, if rows went there
         keep = False
         began = 0  # first row of the current transaction
         lsn = ts = 0
         committed = 0  # rows of whole transactions
-        for data in messages:
-            kind = data[0]
+        count = 0
+        while pos < last:
+            (length,) = _I32(buf, pos)
+            m = pos + 4
+            pos = m + length
+            if length < 1:
+                raise DecodeError(f"a change message of {length} bytes")
+            count += 1
+            kind = buf[m]
             if kind == 73 or kind == 85 or kind == 68:  # I, U, D
                 if not keep:
                     continue  # already in the table (or outside a transaction)
-                (oid,) = _U32(data, 1)
+                if length < 8:
+                    raise DecodeError(f"message ends early at byte {length}")
+                (oid,) = _U32(buf, m + 1)
                 layout = layouts.get(oid)
                 if layout is None:
                     self._not_ours(oid)
                     continue
-                if not segments or segments[-1][1] is not layout:
+                if layout is not segment:
                     segments.append((len(rows), layout))
-                marker = data[5]
+                    segment = layout
+                marker = buf[m + 5]
                 if kind == 73:  # Insert
                     if marker != 78:
                         raise DecodeError("INSERT without a new tuple")
-                    new, _, unchanged = values(data, 6, encoding)
-                    if len(new) != layout.width:
-                        self._width(new, layout)
-                    if unchanged:
-                        new = [None if v is UNCHANGED else v for v in new]
-                    add_row(new)
                     add_op(INSERT)
                 elif kind == 68:  # Delete
                     if marker != 75 and marker != 79:
                         raise DecodeError("DELETE without old values")
-                    old, _, unchanged = values(data, 6, encoding)
-                    if len(old) != layout.width:
-                        self._width(old, layout)
-                    if unchanged:
-                        old = [None if v is UNCHANGED else v for v in old]
-                    add_row(old)
                     add_op(DELETE)
                 elif marker == 78:  # Update, new values only
-                    new, _, unchanged = values(data, 6, encoding)
-                    if len(new) != layout.width:
-                        self._width(new, layout)
-                    if unchanged:
-                        state.update(layout, None, None, new)
-                    else:
-                        add_row(new)
-                        add_op(UPDATE)
+                    add_op(UPDATE)
                 elif marker == 75 or marker == 79:  # Update with old values ('K' or 'O')
-                    old, pos, _ = values(data, 6, encoding)
-                    if pos >= len(data) or data[pos] != 78:
+                    old, at, _ = values(buf, m + 6, pos, encoding)
+                    if at >= pos or buf[at] != 78:
                         raise DecodeError("UPDATE without a new tuple")
-                    new, _, _ = values(data, pos + 1, encoding)
+                    new, _, _ = values(buf, at + 1, pos, encoding)
                     if len(new) != layout.width:
                         self._width(new, layout)
                     if len(old) != layout.width:
                         self._width(old, layout)
                     state.update(layout, chr(marker), old, new)
+                    segment = None
+                    continue
                 else:
                     raise DecodeError("UPDATE without a new tuple")
+                # The values stay in `buf` until the rows become columns.
+                add_row(m + 6)
             elif kind == 66:  # Begin
-                if len(data) < 21:
-                    raise DecodeError(f"message ends early at byte {len(data)}")
+                if length < 21:
+                    raise DecodeError(f"message ends early at byte {length}")
                 if len(rows) != committed:
                     state.drop_after(committed)  # a transaction without its commit
-                lsn, ts = _BEGIN(data, 1)
+                    segment = None
+                lsn, ts = _BEGIN(buf, m + 1)
                 keep = lsn >= self.start
                 began = committed
             elif kind == 67:  # Commit
-                if len(data) < 26:
-                    raise DecodeError(f"message ends early at byte {len(data)}")
-                end, commit_ts = _COMMIT(data, 10)
+                if length < 26:
+                    raise DecodeError(f"message ends early at byte {length}")
+                end, commit_ts = _COMMIT(buf, m + 10)
                 if keep:
-                    count = len(rows) - began
-                    if count:
-                        spans.append((began, count, lsn, ts))
+                    changes = len(rows) - began
+                    if changes:
+                        spans.append((began, changes, lsn, ts))
                         batch.transactions += 1
                     committed = len(rows)
                     batch.last_end = end
                     batch.last_commit_micros = commit_ts + PG_EPOCH_MICROS
                 elif len(rows) != committed:
                     state.drop_after(committed)
+                    segment = None
                 keep = False
             elif kind == 82:  # Relation
-                self._relation(decode(data, encoding), batch)  # type: ignore[arg-type]
+                self._relation(decode(buf[m:pos], encoding), batch)  # type: ignore[arg-type]
+                segment = None
             elif kind == 84:  # Truncate
                 if keep:
-                    truncate = decode(data, encoding)
+                    truncate = decode(buf[m:pos], encoding)
                     ours = [o for o in truncate.relations if self._is_ours(o)]  # type: ignore[union-attr]
                     if ours:
                         state.truncate(self.layouts.get(ours[0]))
+                        segment = None
             elif kind not in (79, 89, 77):  # Origin, Type, Message: no effect on rows
                 raise DecodeError(f"unknown pgoutput message {chr(kind)!r}")
+        if pos != last:
+            raise DecodeError(f"the last change message runs {pos - last} bytes past the data")
         if len(rows) != committed:
             state.drop_after(committed)
-        self._finish(batch, rows, ops, segments, spans)
+        batch.messages = count
+        self._finish(batch, state, spans)
         return batch
 
     # -- the rare cases -----------------------------------------------------------------------
@@ -289,24 +321,50 @@ class ColumnAssembler:
         )
 
     def _finish(
-        self,
-        batch: ColumnBatch,
-        rows: list[list[Any]],
-        ops: list[str],
-        segments: list[tuple[int, _Layout]],
-        spans: list[tuple[int, int, int, int]],
+        self, batch: ColumnBatch, state: _State, spans: list[tuple[int, int, int, int]]
     ) -> None:
-        n = len(rows)
+        rows, ops = state.rows, state.ops
         batch.ops = ops
         seqs: list[int] = []
         times: list[int] = []
-        for _, count, lsn, ts in spans:
+        for _first, count, lsn, ts in spans:
             base = lsn << 32
             seqs += range(base + 1, base + count + 1)
             times += [ts + PG_EPOCH_MICROS] * count
         batch.seqs, batch.times = seqs, times
+        fast = (
+            self.encoding == "utf-8"
+            and not batch.seen
+            and all(type(r) is int for r in rows)
+            and self._arrow_columns(batch, state)
+        )
+        if not fast:
+            self._list_columns(batch, state)
+        # Keys: a change without a value for a key column cannot be applied.
+        for name in self.keys:
+            found = batch.values.get(name)
+            if found is None:
+                changed = next((op for op in ops if op != TRUNCATE), None)
+                if changed is not None:
+                    raise self.key_error(name, _WHAT[changed])
+                continue
+            if isinstance(found, pa.Array):
+                if not found.null_count:
+                    continue
+                found = found.to_pylist()
+            if None in found:
+                for row, value in enumerate(found):
+                    if value is None and ops[row] != TRUNCATE:
+                        raise self.key_error(name, _WHAT[ops[row]])
+
+    def _list_columns(self, batch: ColumnBatch, state: _State) -> None:
+        """Every row decoded (TOAST left out resolved in log order), then transposed."""
+        state.resolve_all()
+        rows = state.rows
+        n = len(rows)
         out: dict[str, list[Any]] = {name: [] for name in batch.columns}
-        bounds = [start for start, _ in segments] + [n]
+        segments = state.segments
+        bounds = [first for first, _ in segments] + [n]
         for (first, layout), last in zip(segments, bounds[1:], strict=True):
             if last <= first:
                 continue
@@ -317,19 +375,88 @@ class ColumnAssembler:
             for cells in out.values():
                 if len(cells) < last:
                     cells.extend([None] * (last - len(cells)))
-        # Keys: a change without a value for a key column cannot be applied.
-        for name in self.keys:
-            found = out.get(name)
-            if found is None:
-                changed = next((op for op in ops if op != TRUNCATE), None)
-                if changed is not None:
-                    raise self.key_error(name, _WHAT[changed])
+        batch.values = dict(out)
+
+    def _arrow_columns(self, batch: ColumnBatch, state: _State) -> bool:
+        """The columns cut out of the buffer by numpy, without a Python object per value.
+
+        False (and nothing done) if some value is neither text nor NULL (unchanged
+        TOAST: the rows are then decoded one by one).
+        """
+        buf = np.frombuffer(state.buf, dtype=np.uint8)
+        size = len(buf)
+        starts = np.asarray(state.rows, dtype=np.int64)
+        n = len(starts)
+        out: dict[str, list[pa.Array]] = {name: [] for name in batch.columns}
+        segments = state.segments
+        bounds = [first for first, _ in segments] + [n]
+        for (first, layout), last in zip(segments, bounds[1:], strict=True):
+            if last <= first:
                 continue
-            if None in found:
-                for row, value in enumerate(found):
-                    if value is None and ops[row] != TRUNCATE:
-                        raise self.key_error(name, _WHAT[ops[row]])
-        batch.values = out
+            pos = starts[first:last]
+            # Each message ends where its length (just before it) says.
+            quad = buf[pos[:, None] + np.arange(-10, -6)].astype(np.int64)
+            end = (
+                pos - 6 + ((quad[:, 0] << 24) | (quad[:, 1] << 16) | (quad[:, 2] << 8) | quad[:, 3])
+            )
+            if np.any(pos + 2 > end):
+                raise DecodeError("a change message ends early")
+            counts = (buf[pos].astype(np.int64) << 8) | buf[pos + 1]
+            if np.any(counts != layout.width):
+                bad = int(counts[counts != layout.width][0])
+                raise DataError(
+                    f"PostgreSQL table {self.table}: a change has {bad} values for "
+                    f"{layout.width} columns",
+                    "this is a protocol error; please report it",
+                )
+            pos = pos + 2
+            rows = last - first
+            for name in layout.names:
+                if np.any(pos >= end):
+                    raise DecodeError("a change message ends early")
+                kind = buf[pos]
+                text = kind == 116
+                if not np.all(text | (kind == 110)):
+                    return False  # unchanged TOAST (or binary): row by row
+                quad = buf[np.minimum(pos[:, None] + np.arange(1, 5), size - 1)].astype(np.int64)
+                lengths = (quad[:, 0] << 24) | (quad[:, 1] << 16) | (quad[:, 2] << 8) | quad[:, 3]
+                lengths = np.where(text, lengths, 0)
+                begin = pos + 5
+                if np.any(text & ((lengths < 0) | (begin + lengths > end))):
+                    raise DecodeError("a value runs past its message")
+                offsets = np.zeros(rows + 1, dtype=np.int64)
+                np.cumsum(lengths, out=offsets[1:])
+                total = int(offsets[-1])
+                if total >= 2**31:
+                    return False  # beyond a string array's 32-bit offsets
+                gather = np.repeat(begin - offsets[:-1], lengths) + np.arange(total)
+                data = buf[gather]
+                nulls = rows - int(np.count_nonzero(text))
+                validity = pa.array(text).buffers()[1] if nulls else None
+                array = pa.Array.from_buffers(
+                    pa.string(),
+                    rows,
+                    [validity, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data)],
+                    null_count=nulls,
+                )
+                out.setdefault(name, []).append(array)
+                pos = np.where(text, begin + lengths, pos + 1)
+            for parts in out.values():
+                have = sum(len(p) for p in parts)
+                if have < last:
+                    parts.append(pa.nulls(last - have, pa.string()))
+        columns: dict[str, list[Any] | pa.Array] = {}
+        for name, parts in out.items():
+            array = parts[0] if len(parts) == 1 else pa.concat_arrays(parts) if parts else None
+            if array is None:
+                array = pa.nulls(0, pa.string())
+            try:
+                array.validate(full=True)  # UTF-8, as the database's encoding promises
+            except pa.ArrowInvalid as exc:
+                raise DecodeError(f"column {name!r} has a value that is not UTF-8") from exc
+            columns[name] = array
+        batch.values = columns
+        return True
 
 
 class _State:
@@ -338,34 +465,68 @@ class _State:
     def __init__(
         self,
         owner: ColumnAssembler,
-        rows: list[list[Any]],
+        buf: bytes,
+        rows: list[Any],
         ops: list[str],
         segments: list[tuple[int, _Layout]],
         batch: ColumnBatch,
     ) -> None:
         self.owner = owner
+        self.buf = buf
         self.rows = rows
         self.ops = ops
         self.segments = segments
         self.batch = batch
         self.images: dict[Key, tuple[int, _Layout]] = {}  # key -> its latest image's row
-        self.indexed = 0  # rows replayed into `images`
+        self.indexed = 0  # rows replayed into `images` (and decoded)
+
+    def stop(self, offset: int) -> int:
+        """Where the message of the tuple at `offset` (6 bytes into it) ends."""
+        (length,) = _I32(self.buf, offset - 10)
+        return int(offset - 6 + length)
 
     def layout_of(self, row: int) -> _Layout:
         i = bisect_right([s for s, _ in self.segments], row) - 1
         return self.segments[i][1]
 
+    def cells(self, row: int) -> list[Any]:
+        """The values of `row` (of a row before `indexed`: decoded, TOAST left out settled)."""
+        cells = self.rows[row]
+        if type(cells) is not int:
+            return cells  # type: ignore[no-any-return]
+        decoded, _, _ = values(self.buf, cells, self.stop(cells), self.owner.encoding)
+        return decoded
+
     def key_of(self, row: int) -> Key | None:
         if self.ops[row] == TRUNCATE:
             return None
         layout = self.layout_of(row)
-        cells = self.rows[row]
+        cells = self.cells(row)
         return tuple(cells[i] if i >= 0 else None for i in layout.keys)
+
+    def _decode(self, row: int) -> None:
+        """Decode a row still in the buffer; its unchanged TOAST from the images before it
+        (all rows before it are in `images`)."""
+        offset = self.rows[row]
+        if type(offset) is not int:
+            return
+        layout = self.layout_of(row)
+        cells, _, unchanged = values(self.buf, offset, self.stop(offset), self.owner.encoding)
+        if len(cells) != layout.width:
+            self.owner._width(cells, layout)
+        if unchanged:
+            if self.ops[row] == UPDATE:
+                key = self._key(layout, cells, "UPDATE", None)
+                cells = self._settle(layout, None, None, cells, key, key, indexed=True)
+            else:
+                cells = [None if v is UNCHANGED else v for v in cells]
+        self.rows[row] = cells
 
     def _index(self) -> None:
         """Replay the rows not yet in `images` (an image: the row after an insert or update)."""
         images = self.images
         for row in range(self.indexed, len(self.rows)):
+            self._decode(row)
             op = self.ops[row]
             if op == TRUNCATE:
                 images.clear()
@@ -377,6 +538,21 @@ class _State:
             else:
                 images[key] = (row, self.layout_of(row))
         self.indexed = len(self.rows)
+
+    def resolve_all(self) -> None:
+        """Every row decoded; unchanged TOAST settled in log order."""
+        for row in range(self.indexed, len(self.rows)):
+            offset = self.rows[row]
+            if type(offset) is not int:
+                continue
+            cells, _, unchanged = values(self.buf, offset, self.stop(offset), self.owner.encoding)
+            if unchanged:
+                self._index()  # this row and every later one, in log order
+                return
+            layout = self.layout_of(row)
+            if len(cells) != layout.width:
+                self.owner._width(cells, layout)
+            self.rows[row] = cells
 
     def drop_after(self, count: int) -> None:
         """Forget the rows from `count` on (a transaction that did not commit here)."""
@@ -404,29 +580,11 @@ class _State:
     def update(
         self, layout: _Layout, old_kind: str | None, old_raw: list[Any] | None, raw: list[Any]
     ) -> None:
-        """An UPDATE with old values or unchanged TOASTed ones (see the Assembler)."""
+        """An UPDATE with old values (see the Assembler)."""
         old = None if old_raw is None else [v if isinstance(v, str) else None for v in old_raw]
         key = self._key(layout, raw, "UPDATE", None)
         before = key if old is None else self._key(layout, old, "UPDATE", key)
-        new: list[Any] = list(raw)
-        if any(v is UNCHANGED for v in raw):
-            self._index()
-            base = self.images.get(before)
-            for i, value in enumerate(raw):
-                if value is not UNCHANGED:
-                    continue
-                name = layout.names[i]
-                if old_kind == "O" and old is not None and old[i] is not None:
-                    new[i] = old[i]  # REPLICA IDENTITY FULL: the old row has it
-                    continue
-                carried: Any = self._cell(base, name) if base is not None else _ABSENT
-                if carried is _ABSENT:
-                    new[i] = Pending(before, name, key)
-                    self.batch.pending = True
-                elif isinstance(carried, Pending) and carried.moved_to != key:
-                    new[i] = Pending(carried.key, carried.column, key)
-                else:
-                    new[i] = carried
+        new = self._settle(layout, old_kind, old, raw, key, before)
         if before == key:
             self._emit(layout, new, UPDATE)
             return
@@ -434,11 +592,46 @@ class _State:
         self._emit(layout, old if old is not None else [None] * layout.width, DELETE)
         self._emit(layout, new, INSERT)
 
+    def _settle(
+        self,
+        layout: _Layout,
+        old_kind: str | None,
+        old: list[Any] | None,
+        raw: list[Any],
+        key: Key,
+        before: Key,
+        *,
+        indexed: bool = False,
+    ) -> list[Any]:
+        """An update's values, those it left out (unchanged TOAST) taken as the Assembler does."""
+        if not any(v is UNCHANGED for v in raw):
+            return raw
+        if not indexed:
+            self._index()
+        base = self.images.get(before)
+        new = list(raw)
+        for i, value in enumerate(raw):
+            if value is not UNCHANGED:
+                continue
+            name = layout.names[i]
+            if old_kind == "O" and old is not None and old[i] is not None:
+                new[i] = old[i]  # REPLICA IDENTITY FULL: the old row has it
+                continue
+            carried: Any = self._cell(base, name) if base is not None else _ABSENT
+            if carried is _ABSENT:
+                new[i] = Pending(before, name, key)
+                self.batch.pending = True
+            elif isinstance(carried, Pending) and carried.moved_to != key:
+                new[i] = Pending(carried.key, carried.column, key)
+            else:
+                new[i] = carried
+        return new
+
     def _cell(self, base: tuple[int, _Layout], name: str) -> Any:
         row, layout = base
         if name not in layout.names:
             return _ABSENT
-        return self.rows[row][layout.names.index(name)]
+        return self.cells(row)[layout.names.index(name)]
 
     def _emit(self, layout: _Layout, cells: list[Any], op: str) -> None:
         if not self.segments or self.segments[-1][1] is not layout:

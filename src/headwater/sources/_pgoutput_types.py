@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..errors import DataError
 
@@ -70,10 +71,31 @@ def is_builtin(type_oid: int) -> bool:
 
 
 def to_arrow(
-    values: Sequence[str | None], type_oid: int, typmod: int, table: str, column: str
+    values: Sequence[str | None] | pa.Array, type_oid: int, typmod: int, table: str, column: str
 ) -> pa.Array:
-    """Text values of one column as an Arrow array of the column's type."""
+    """Text values of one column (a list, or an Arrow string array) as an Arrow array of
+    the column's type."""
     dtype = arrow_type(type_oid, typmod)
+    if isinstance(values, pa.Array):
+        if pa.types.is_string(dtype):
+            return values
+        if type_oid == BOOL:
+            return pc.equal(values, "t")
+        if type_oid in _INFINITY:
+            high, low = _INFINITY[type_oid]
+            infinite = pc.equal(values, "infinity")
+            if pc.any(infinite).as_py() or pc.any(pc.equal(values, "-infinity")).as_py():
+                values = pc.if_else(
+                    infinite,
+                    high,
+                    pc.if_else(pc.equal(values, "-infinity"), low, values),
+                )
+        if type_oid != BYTEA:
+            try:
+                return values.cast(dtype)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise _bad(table, column, str(dtype), values.to_pylist(), None) from exc
+        values = values.to_pylist()
     if pa.types.is_string(dtype):
         return pa.array(values, pa.string())
     if type_oid == BYTEA:

@@ -56,7 +56,7 @@ from . import _pgoutput_admin as admin
 from ._change_rows import CHANGE_TYPE, CHANGE_TYPES, SEQUENCE_TYPE
 from ._pgoutput import DecodeError, int_to_lsn, lsn_to_int
 from ._pgoutput_changes import DELETE, SNAPSHOT, TRUNCATE, Key, Pending, sequence
-from ._pgoutput_columns import ColumnAssembler, ColumnBatch
+from ._pgoutput_columns import ColumnAssembler, ColumnBatch, frame
 from ._pgoutput_server import (
     NAME,
     RETRIES,
@@ -564,21 +564,21 @@ class PostgresCdcSource(Source):
             # restarted before it saved the slot's last move.
             self._advance(connector, slot, start)
             began = time.monotonic()
-            messages = self._control.run(
+            changes = self._control.run(
                 connector,
                 "reading changes",
                 lambda c: self._peek(c, slot, publication, upto, limit, server),
             )
             assembler.start = start
             try:
-                batch = assembler.assemble(messages)
+                batch = assembler.assemble_frames(changes)
             except DecodeError as exc:
                 raise HeadwaterError(
                     f"table {ctx.table}: cannot decode a change from slot {slot}: {exc}",
                     "please report this with the PostgreSQL version",
                 ) from exc
             # Fewer messages than asked for: everything committed before `upto` was read.
-            complete = len(messages) < limit
+            complete = batch.messages < limit
             end = upto if complete else max(start, batch.last_end or start)
             if len(batch):
                 data, filled = self._batch_table(ctx, connector, info, batch)
@@ -611,14 +611,33 @@ class PostgresCdcSource(Source):
         upto: int,
         limit: int,
         server: Server,
-    ) -> list[bytes]:
-        cursor = conn.cursor(binary=True)
-        cursor.execute(
-            "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, %s::pg_lsn, %s, "
-            "'proto_version', '1', 'publication_names', %s)",
-            [slot, int_to_lsn(upto), limit, publication],
+    ) -> bytes:
+        """The messages in one buffer, each after its length (`_pgoutput_columns.frame`).
+
+        The server joins them, so the client handles one value, not a row per
+        message. The function is parallel-unsafe, so one process reads its rows
+        into the aggregate in the order it returns them: log order, without a
+        sort. A round past the 1 GB a value may hold is read row by row.
+        """
+        changes = (
+            "pg_logical_slot_peek_binary_changes(%s, %s::pg_lsn, %s, "
+            "'proto_version', '1', 'publication_names', %s)"
         )
-        return [bytes(row[0]) for row in cursor]
+        params = [slot, int_to_lsn(upto), limit, publication]
+        try:
+            with conn.cursor(binary=True) as cursor:
+                row = cursor.execute(
+                    "SELECT coalesce(string_agg(int4send(length(data)) || data, ''::bytea), "
+                    f"''::bytea) FROM {changes}",
+                    params,
+                ).fetchone()
+            assert row is not None
+            return bytes(row[0])
+        except (psycopg.errors.ProgramLimitExceeded, psycopg.errors.OutOfMemory):
+            log.info("slot %s: a round of changes over 1 GB, read message by message", slot)
+        with conn.cursor(binary=True) as cursor:
+            cursor.execute(f"SELECT data FROM {changes}", params)
+            return frame(bytes(r[0]) for r in cursor)
 
     def _advance(self, connector: Connector, slot: str, lsn: int) -> None:
         """Move the slot forward to `lsn` (never back, never past the flushed WAL)."""
@@ -667,8 +686,10 @@ class PostgresCdcSource(Source):
         for name, column in batch.columns.items():
             oid, typmod = bases.get(column.type_oid, (column.type_oid, column.typmod))
             typmod = typmod if typmod != -1 else column.typmod
-            values = batch.values.get(name) or [None] * len(batch)
-            if filled:
+            values = batch.values.get(name)
+            if values is None:
+                values = [None] * len(batch)
+            elif filled and isinstance(values, list):
                 values = [filled.get(v) if isinstance(v, Pending) else v for v in values]
             arrays[name] = to_arrow(values, oid, typmod, info.qualified, name)
         times = pa.array(batch.times, pa.int64()).cast(pa.timestamp("us", "UTC"))
