@@ -9,6 +9,9 @@ new session. Sessions an event bridges merge (their partials merge); a merged
 session that has a new start replaces the old ones, whose emitted rows are
 retracted.
 
+Components are found by one sort and a running maximum in numpy (a SQL
+window over the items when the running maximum's offsets would overflow).
+
 An event is late when it is older than the watermark at its arrival minus the
 allowed lateness: then no session it could join has expired, and no session
 closed without lateness can change.
@@ -16,7 +19,9 @@ closed without lateness can change.
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..._sql import q
 from .. import aggregates, emit
@@ -77,13 +82,7 @@ def aggregate(frame: Frame, events: str, source: str) -> pa.Table | None:
             " UNION ALL SELECT _gkey, _cell, window_start, _last_ts, _key, NULL::BIGINT "
             f"FROM ({old})"
         )
-    order = "PARTITION BY _gkey, _cell ORDER BY _lo, _hi, _old NULLS LAST, _seq"
-    components = frame.materialise(
-        "components",
-        f"SELECT *, sum(_new) OVER ({order} ROWS UNBOUNDED PRECEDING) AS _comp FROM ("
-        f"SELECT *, CASE WHEN max(_hi) OVER ({order} ROWS BETWEEN UNBOUNDED PRECEDING "
-        f"AND 1 PRECEDING) + {gap} > _lo THEN 0 ELSE 1 END AS _new FROM ({items}))",
-    )
+    components = _components(frame, items, gap)
     # Partials of the new events per component, in the shape of state rows.
     partial = con.sql(
         "SELECT c._gkey, c._cell, c._comp, "
@@ -124,6 +123,59 @@ def aggregate(frame: Frame, events: str, source: str) -> pa.Table | None:
     rows = emit.emit(frame, OPERATOR, touched, windowed=True)
     emit.expire(frame, OPERATOR, f"window_end + {frame.lateness} <= {frame.watermark}")
     return rows
+
+
+def _components(frame: Frame, items: str, gap: int) -> str:
+    """A temp table of `items` with `_comp`: items of one key and cell, ordered by
+    start, share a component while each starts less than `gap` after the latest end
+    before it. Component numbers are unique across keys and cells."""
+    con = frame.con
+    table = con.sql(items).to_arrow_table()
+    numbered = _number_components(table, gap)
+    if numbered is None:
+        order = "PARTITION BY _gkey, _cell ORDER BY _lo, _hi, _old NULLS LAST, _seq"
+        return frame.materialise(
+            "components",
+            f"SELECT *, sum(_new) OVER ({order} ROWS UNBOUNDED PRECEDING) AS _comp FROM ("
+            f"SELECT *, CASE WHEN max(_hi) OVER ({order} ROWS BETWEEN UNBOUNDED PRECEDING "
+            f"AND 1 PRECEDING) + {gap} > _lo THEN 0 ELSE 1 END AS _new FROM ({items}))",
+        )
+    con.register("_numbered", numbered)
+    try:
+        return frame.materialise("components", "SELECT * FROM _numbered")
+    finally:
+        con.unregister("_numbered")
+
+
+def _number_components(table: pa.Table, gap: int) -> pa.Table | None:
+    """`table` (columns _gkey, _cell, _lo, _hi, ...) sorted by key, cell and start,
+    with `_comp`; None when the segmented running maximum could overflow."""
+    n = table.num_rows
+    if n == 0:
+        return table.append_column("_comp", pa.array([], pa.int64()))
+    if table.column("_lo").null_count or table.column("_hi").null_count:
+        return None
+    keys = pc.dictionary_encode(table.column("_gkey")).combine_chunks()
+    key = np.asarray(keys.indices.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
+    cell = np.asarray(table.column("_cell").to_numpy(), dtype=np.int64)
+    lo = np.asarray(table.column("_lo").to_numpy(), dtype=np.int64)
+    hi = np.asarray(table.column("_hi").to_numpy(), dtype=np.int64)
+    order = np.lexsort((lo, cell, key))
+    key, cell, lo, hi = key[order], cell[order], lo[order], hi[order]
+    first = np.ones(n, dtype=bool)
+    first[1:] = (key[1:] != key[:-1]) | (cell[1:] != cell[:-1])
+    segment = np.cumsum(first) - 1
+    base = int(hi.min())
+    span = int(hi.max()) - base + 1
+    if span <= 0 or int(segment[-1]) + 1 > (1 << 62) // span:
+        return None
+    # A running maximum per segment: each segment's values lie above the previous ones.
+    shifted = (hi - base) + segment * span
+    latest = np.maximum.accumulate(shifted) - segment * span + base
+    new = first.copy()
+    new[1:] |= latest[:-1] + gap <= lo[1:]
+    ordered = table.take(pa.array(order))
+    return ordered.append_column("_comp", pa.array(np.cumsum(new), pa.int64()))
 
 
 def _retract(frame: Frame, merged: pa.Table) -> None:
