@@ -128,7 +128,14 @@ def test_interval_join_pairs_exactly_the_on_time_events_within_the_interval(
 # -- stream-table temporal join ---------------------------------------------------------------
 
 
-def test_temporal_join_takes_the_dimension_version_valid_at_event_time(tmp_path: Path) -> None:
+@pytest.mark.parametrize("isin_keys", [10_000, 1])
+def test_temporal_join_takes_the_dimension_version_valid_at_event_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isin_keys: int
+) -> None:
+    # The dimension is read by the events' keys, or (more keys than isin_keys) by their range.
+    from headwater.stream.joins import temporal
+
+    monkeypatch.setattr(temporal, "ISIN_KEYS", isin_keys)
     customers, orders = Feed([]), Feed([])
     lake = Lake(tmp_path)
     lake.declare(

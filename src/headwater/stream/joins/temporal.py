@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from ..._sql import q
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from ...project import Project
 
 BOOKKEEPING = ("valid_from", "valid_to", "is_current", "row_hash")
+ISIN_KEYS = 10_000  # more distinct join keys in a micro-batch: read the dimension by key range
 
 
 def current_version(project: Project, spec: TemporalJoin, table: str) -> int:
@@ -82,7 +84,15 @@ def join(frame: Frame, events: str, spec: TemporalJoin, project: Project, versio
             .column("k")
         )
         field_type = dataset.schema.field(spec.on[0]).type
-        row_filter = pads.field(spec.on[0]).isin(keys.cast(field_type))
+        if len(keys) <= ISIN_KEYS:
+            row_filter = pads.field(spec.on[0]).isin(keys.cast(field_type))
+        elif len(keys):
+            # Testing membership in a large set row by row costs more than the join:
+            # read the keys' range (files outside it are skipped by their statistics).
+            bounds = pc.min_max(keys)
+            row_filter = (pads.field(spec.on[0]) >= bounds["min"].cast(field_type)) & (
+                pads.field(spec.on[0]) <= bounds["max"].cast(field_type)
+            )
     dimension: pa.Table = dataset.to_table(columns=needed, filter=row_filter)
     con.register("_dimension", dimension)
     try:
