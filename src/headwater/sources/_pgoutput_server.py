@@ -186,6 +186,11 @@ class Control:
             self._settings = dict(connector.settings)
         return self._conn
 
+    def current(self) -> psycopg.Connection[Any] | None:
+        """The connection kept, if it is open."""
+        conn = self._conn
+        return None if conn is None or conn.closed or conn.broken else conn
+
     def close(self) -> None:
         if self._conn is not None:
             close_quietly(self._conn)
@@ -476,12 +481,41 @@ def choose_keys(info: TableInfo, table: str, keys: Sequence[str] | None) -> tupl
 # -- slots and publications ---------------------------------------------------------------------
 
 
+_SLOT_COLUMNS: Final = (
+    "s.slot_name, s.database, s.plugin, s.active_pid, s.restart_lsn::text, "
+    "s.confirmed_flush_lsn::text, s.wal_status"
+)
+
+
 def slot_state(conn: psycopg.Connection[Any], slot: str) -> SlotState | None:
     row = conn.execute(
-        "SELECT slot_name, database, plugin, active_pid, restart_lsn::text, "
-        "confirmed_flush_lsn::text, wal_status FROM pg_replication_slots WHERE slot_name = %s",
-        [slot],
+        f"SELECT {_SLOT_COLUMNS} FROM pg_replication_slots s WHERE s.slot_name = %s", [slot]
     ).fetchone()
+    return _slot(row)
+
+
+@dataclass(frozen=True)
+class StreamState:
+    """What a round of reading needs to know of the server, in one query."""
+
+    flushed: int  # where the WAL is flushed to
+    slot: SlotState | None
+    published: bool  # the publication exists
+
+
+def stream_state(conn: psycopg.Connection[Any], slot: str, publication: str) -> StreamState:
+    """The flushed WAL position, the slot, and whether the publication exists: one round trip."""
+    row = conn.execute(
+        f"SELECT pg_current_wal_flush_lsn()::text, "
+        f"EXISTS (SELECT 1 FROM pg_publication WHERE pubname = %s), {_SLOT_COLUMNS} "
+        "FROM (SELECT 1) AS one LEFT JOIN pg_replication_slots s ON s.slot_name = %s",
+        [publication, slot],
+    ).fetchone()
+    assert row is not None
+    return StreamState(lsn_to_int(row[0]), _slot(row[2:] if row[2] is not None else None), row[1])
+
+
+def _slot(row: Sequence[Any] | None) -> SlotState | None:
     if row is None:
         return None
     return SlotState(

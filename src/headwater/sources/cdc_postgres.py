@@ -65,6 +65,7 @@ from ._pgoutput_server import (
     Control,
     Server,
     SlotState,
+    StreamState,
     TableInfo,
     base_types,
     close_quietly,
@@ -77,7 +78,7 @@ from ._pgoutput_server import (
     flushed_lsn,
     one,
     read_server,
-    slot_state,
+    stream_state,
     text_cursor,
     transient,
 )
@@ -188,6 +189,8 @@ class PostgresCdcSource(Source):
         self.commit_ts_column = commit_ts_column
         self.change_type = change_type
         self._control = Control()
+        # slot -> (the connection it was seen on, its confirmed position then)
+        self._confirmed: dict[str, tuple[psycopg.Connection[Any], int]] = {}
 
     # -- naming ---------------------------------------------------------------------------
     def describe(self) -> str:
@@ -247,7 +250,9 @@ class PostgresCdcSource(Source):
 
         server, info = self._control.run(connector, "reading the catalog", prepare)
         slot = names.slot
+        upto: int | None = None
         if position is None or ctx.full_refresh:
+            self._confirmed.pop(slot, None)  # the slot is made anew
             # A new start: whatever an old slot kept is superseded by a new snapshot.
             self._control.run(
                 connector,
@@ -268,16 +273,14 @@ class PostgresCdcSource(Source):
                 yield Increment(self._rows(info, [], [], [], []), self._position(slot, start))
         else:
             start = self._check_position(ctx, position, slot)
-            state = self._control.run(connector, "reading the slot", lambda c: slot_state(c, slot))
-            self._check_slot(ctx, connector, state, slot, start)
-            published = self._control.run(
+            found = self._control.run(
                 connector,
-                "checking the publication",
-                lambda c: c.execute(
-                    "SELECT 1 FROM pg_publication WHERE pubname = %s", [names.publication]
-                ).fetchone(),
+                "reading the slot",
+                lambda c: self._learn(c, stream_state(c, slot, names.publication)),
             )
-            if published is None:
+            self._check_slot(ctx, connector, found.slot, slot, start)
+            upto = found.flushed
+            if not found.published:
                 # Decoding looks publications up as of each change: one created anew
                 # later does not cover the changes in between.
                 raise HeadwaterError(
@@ -290,7 +293,8 @@ class PostgresCdcSource(Source):
                 start = yield from self._copy(
                     ctx, connector, server, info, slot, start, copying.get("after")
                 )
-        yield from self._stream(ctx, connector, server, info, slot, start)
+                upto = None
+        yield from self._stream(ctx, connector, server, info, slot, start, upto)
 
     def _create(self, connector: Connector, server: Server, slot: str) -> int:
         try:
@@ -545,11 +549,14 @@ class PostgresCdcSource(Source):
         info: TableInfo,
         slot: str,
         start: int,
+        upto: int | None = None,
     ) -> Iterator[Increment]:
-        """Rounds of whole transactions after `start`, up to the WAL flushed when reading began."""
+        """Rounds of whole transactions after `start`, up to the WAL flushed when reading
+        began (`upto`, if read with the slot just before)."""
         limit = self.chunk_rows or ctx.chunk_rows
         publication = self.publication_name(ctx)
-        upto = self._control.run(connector, "reading the WAL position", flushed_lsn)
+        if upto is None:
+            upto = self._control.run(connector, "reading the WAL position", flushed_lsn)
         assembler = ColumnAssembler(
             info.qualified,
             info.keys,
@@ -587,10 +594,15 @@ class PostgresCdcSource(Source):
                 )
                 yield Increment(data, self._position(slot, end), info=metrics)
                 start = end
-                state = self._control.run(
-                    connector, "reading the slot", lambda c: slot_state(c, slot)
-                )
-                if state is None or state.confirmed is None or state.confirmed < end:
+                confirmed = self._confirmed_at(slot)
+                if confirmed is None or confirmed < end:
+                    state = self._control.run(
+                        connector,
+                        "reading the slot",
+                        lambda c: self._learn(c, stream_state(c, slot, publication)),
+                    ).slot
+                    confirmed = None if state is None else state.confirmed
+                if confirmed is None or confirmed < end:
                     # Not acknowledged: the engine publishes the run's increments
                     # together; peeking again would return the same changes.
                     return
@@ -643,15 +655,47 @@ class PostgresCdcSource(Source):
         """Move the slot forward to `lsn` (never back, never past the flushed WAL)."""
 
         def advance(conn: psycopg.Connection[Any]) -> None:
-            state = slot_state(conn, slot)
-            if state is None or state.confirmed is None or state.confirmed >= lsn:
-                return
-            target = min(lsn, flushed_lsn(conn))
-            conn.execute(
-                "SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", [slot, int_to_lsn(target)]
+            known = self._confirmed.get(slot)
+            if known is not None and known[0] is conn and known[1] >= lsn:
+                return  # this connection saw the slot there (a slot never moves back)
+            row = one(
+                conn,
+                "SELECT pg_current_wal_flush_lsn()::text, (SELECT confirmed_flush_lsn::text "
+                "FROM pg_replication_slots WHERE slot_name = %s)",
+                [slot],
             )
+            if row[1] is None:
+                return
+            flushed, confirmed = lsn_to_int(row[0]), lsn_to_int(row[1])
+            if confirmed < lsn:
+                target = min(lsn, flushed)
+                moved = one(
+                    conn,
+                    "SELECT end_lsn::text FROM pg_replication_slot_advance(%s, %s::pg_lsn)",
+                    [slot, int_to_lsn(target)],
+                )
+                confirmed = max(confirmed, lsn_to_int(moved[0]))
+            self._confirmed[slot] = (conn, confirmed)
 
         self._control.run(connector, f"advancing replication slot {slot}", advance)
+
+    def _learn(self, conn: psycopg.Connection[Any], state: StreamState) -> StreamState:
+        """Remember where the slot is confirmed, as seen on `conn`."""
+        if state.slot is not None and state.slot.confirmed is not None:
+            self._confirmed[state.slot.name] = (conn, state.slot.confirmed)
+        return state
+
+    def _confirmed_at(self, slot: str) -> int | None:
+        """Where the slot was last seen confirmed, on the connection still in use.
+
+        A slot's confirmed position only moves forward while the server runs; a
+        server restart may set it back to what it last saved, but it also ends the
+        connection, and with it what was learned on it.
+        """
+        known = self._confirmed.get(slot)
+        if known is None or known[0] is not self._control.current():
+            return None
+        return known[1]
 
     def acknowledge(self, position: Position, ctx: ReadContext) -> None:
         """After the commit holding `position`: the slot may release the WAL before it."""
@@ -850,8 +894,13 @@ class PostgresCdcSource(Source):
         filled: int,
     ) -> dict[str, Any]:
         def measure(conn: psycopg.Connection[Any]) -> tuple[int, int | None]:
-            state = slot_state(conn, slot)
-            return flushed_lsn(conn), None if state is None else state.restart_lsn
+            row = one(
+                conn,
+                "SELECT pg_current_wal_flush_lsn()::text, (SELECT restart_lsn::text "
+                "FROM pg_replication_slots WHERE slot_name = %s)",
+                [slot],
+            )
+            return lsn_to_int(row[0]), None if row[1] is None else lsn_to_int(row[1])
 
         flushed, restart = self._control.run(connector, "measuring the slot", measure)
         lag = (
