@@ -19,7 +19,8 @@ Nothing is installed on the server, so it works on managed PostgreSQL too.
 - **Changes.** Psycopg 3 has no streaming-replication protocol, so changes are
   read with `pg_logical_slot_peek_binary_changes`, which never consumes, up to
   the WAL flushed when the read began, in rounds of whole transactions of about
-  `chunk_rows` changes, and decoded here (`_pgoutput`). Each round is one
+  `chunk_rows` changes, joined by the server into one buffer and cut into
+  columns here (`_pgoutput_columns`, numpy). Each round is one
   increment; its position is the LSN before which every transaction is in the
   table, and the reader skips transactions committed before it.
 - **Acknowledging.** The slot moves (`pg_replication_slot_advance`) only after
