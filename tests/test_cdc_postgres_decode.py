@@ -160,6 +160,14 @@ def test_columns_equal_the_message_assembler_on_server_bytes(
     # Rounds of plain changes only are cut out of the buffer as Arrow, the rest row by row.
     paths = {type(columnar(messages[:cut], 0, oid).values.get("id")) for cut in range(5, 40)}
     assert paths == {pa.StringArray, list}
+    # Cut a few bytes of values at a time: the same columns.
+    plain = messages[:12]
+    small = ColumnAssembler("public.kinds", ["id"], [oid], ("public", "kinds"), 0)
+    small.gather_bytes = 7
+    cut_small = small.assemble(plain).values
+    whole = columnar(plain, 0, oid).values
+    assert isinstance(cut_small["big"], pa.Array) and len(cut_small["big"]) >= 3
+    assert all(cut_small[name].equals(whole[name]) for name in whole)
     commits = [decode(m) for m in messages if m[:1] == b"C"]
     assert all(isinstance(c, Commit) for c in commits)
     assert isinstance(decode(messages[0]), Begin)
