@@ -17,9 +17,10 @@ from psycopg import sql
 
 from headwater.errors import DataError
 from headwater.sources._pgoutput import Begin, Commit, decode
-from headwater.sources._pgoutput_changes import Assembler
 from headwater.sources._pgoutput_columns import PG_EPOCH_MICROS, ColumnAssembler
 from headwater.sources._pgoutput_types import to_arrow
+
+from .pgoutput_reference import Assembler
 
 SERVER = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 SESSION = (

@@ -1,7 +1,7 @@
 """From raw pgoutput messages to the change rows of one table, without message objects.
 
-The same rules as `_pgoutput_changes.Assembler` (which works on decoded
-messages and stays the reference for them), done in one pass over the bytes
+The rules of `_pgoutput_changes` (which the message-by-message reference
+decoder in the tests applies to decoded messages), done in one pass over the bytes
 the server sent, because this loop runs once per change and per column:
 
 - Messages of other tables, and every change of a transaction committed
@@ -14,7 +14,7 @@ the server sent, because this loop runs once per change and per column:
   in (`<commit LSN, ordinal>`, the ordinal counting the rows of the
   transaction), and the rows become columns in one transpose at the end.
 - An UPDATE with old values (the key changed, or REPLICA IDENTITY FULL) or with
-  unchanged TOASTed values is settled exactly as the Assembler does: a delete
+  unchanged TOASTed values is settled by the same rules: a delete
   of the old key and an insert of the new one; unchanged values from the old
   row, from the key's previous image in the batch, or `Pending`. The previous
   images are indexed only when first needed.
@@ -599,7 +599,7 @@ class _State:
     def update(
         self, layout: _Layout, old_kind: str | None, old_raw: list[Any] | None, raw: list[Any]
     ) -> None:
-        """An UPDATE with old values (see the Assembler)."""
+        """An UPDATE with old values: a key change, or REPLICA IDENTITY FULL."""
         old = None if old_raw is None else [v if isinstance(v, str) else None for v in old_raw]
         key = self._key(layout, raw, "UPDATE", None)
         before = key if old is None else self._key(layout, old, "UPDATE", key)
@@ -622,7 +622,7 @@ class _State:
         *,
         indexed: bool = False,
     ) -> list[Any]:
-        """An update's values, those it left out (unchanged TOAST) taken as the Assembler does."""
+        """An update's values, those it left out (unchanged TOAST) taken from the old row, the key's previous image, or `Pending`."""
         if not any(v is UNCHANGED for v in raw):
             return raw
         if not indexed:
