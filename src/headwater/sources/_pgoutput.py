@@ -137,8 +137,8 @@ _I32 = struct.Struct(">i")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _I64 = struct.Struct(">q")
-_BEGIN = struct.Struct(">QqI")  # final LSN, commit time, xid
-_COMMIT = struct.Struct(">QQq")  # commit LSN, end LSN, commit time (after the flags byte)
+BEGIN: Final = struct.Struct(">QqI")  # final LSN, commit time, xid
+COMMIT: Final = struct.Struct(">QQq")  # commit LSN, end LSN, commit time (after the flags byte)
 
 
 class _Reader:
@@ -189,56 +189,63 @@ class _Reader:
         self.pos = end + 1
         return text
 
-    def raw(self, length: int) -> bytes:
-        if length < 0 or self.pos + length > len(self.data):
-            raise DecodeError(f"value of {length} bytes runs past the message at byte {self.pos}")
-        value = self.data[self.pos : self.pos + length]
-        self.pos += length
-        return value
-
     def tuple(self) -> tuple[Value, ...]:
-        values, self.pos = _tuple(self.data, self.pos, self.encoding)
-        return values
+        values, self.pos, _ = tuple_data(self.data, self.pos, len(self.data), self.encoding)
+        return tuple(values)
 
 
-def _tuple(data: bytes, pos: int, encoding: str) -> tuple[tuple[Value, ...], int]:
-    """A TupleData at `pos`, and the position after it.
+def tuple_data(data: bytes, pos: int, end: int, encoding: str) -> tuple[list[Value], int, bool]:
+    """A TupleData at `pos` of a message ending at `end`: its values (text, None,
+    UNCHANGED, or bytes for a binary value, which Headwater never asks for), the
+    position after it, and whether a value is UNCHANGED.
 
-    The hot loop of decoding (one iteration per column of every change): bytes
-    are indexed directly, without a method call per field.
-    """
-    end = len(data)
-    if pos + 2 > end:
-        raise DecodeError(f"message ends early at byte {pos}")
-    count = (data[pos] << 8) | data[pos + 1]
+    The hot loop of decoding (one iteration per column of every change): bytes are
+    indexed directly, without a method call per field."""
+    try:
+        count = (data[pos] << 8) | data[pos + 1]
+    except IndexError:
+        raise DecodeError(f"message ends early at byte {pos}") from None
     pos += 2
-    values: list[Value] = []
-    append = values.append
+    out: list[Value] = []
+    append = out.append
+    unchanged = False
+    # An ASCII message (nearly all are) is decoded once and its values sliced from the text.
+    text = None
+    if encoding == "utf-8":
+        part = data[pos:end]
+        if part.isascii():
+            text, base = part.decode("ascii"), pos
     try:
         for _ in range(count):
             kind = data[pos]
             pos += 1
-            if kind == 110:  # 'n': NULL
-                append(None)
-            elif kind == 117:  # 'u': unchanged TOAST
-                append(UNCHANGED)
-            elif kind == 116 or kind == 98:  # 't': text, 'b': binary
-                length = int.from_bytes(data[pos : pos + 4], "big", signed=True)
+            if kind == 116 or kind == 98:  # 't': text, 'b': binary
+                (length,) = _I32.unpack_from(data, pos)
                 pos += 4
                 stop = pos + length
                 if length < 0 or stop > end:
                     raise DecodeError(
                         f"value of {length} bytes runs past the message at byte {pos}"
                     )
-                append(data[pos:stop].decode(encoding) if kind == 116 else data[pos:stop])
+                if kind == 98:
+                    append(data[pos:stop])
+                elif text is not None:
+                    append(text[pos - base : stop - base])
+                else:
+                    append(data[pos:stop].decode(encoding))
                 pos = stop
+            elif kind == 110:  # 'n': NULL
+                append(None)
+            elif kind == 117:  # 'u': unchanged TOAST
+                append(UNCHANGED)
+                unchanged = True
             else:
                 raise DecodeError(f"unknown tuple value kind {chr(kind)!r}")
-    except IndexError as exc:
-        raise DecodeError(f"message ends early at byte {pos}") from exc
+    except (IndexError, struct.error):
+        raise DecodeError(f"message ends early at byte {pos}") from None
     if pos > end:
         raise DecodeError(f"message ends early at byte {end}")
-    return tuple(values), pos
+    return out, pos, unchanged
 
 
 def decode(data: bytes, encoding: str = "utf-8") -> Message:
@@ -250,15 +257,6 @@ def decode(data: bytes, encoding: str = "utf-8") -> Message:
         raise DecodeError("empty message")
     data = bytes(data)
     kind = chr(data[0])
-    # The messages of every change: decoded without a reader object.
-    if kind == "I" and len(data) >= 6 and data[5] == 78:  # 'N'
-        return Insert(int.from_bytes(data[1:5], "big"), _tuple(data, 6, encoding)[0])
-    if kind == "B" and len(data) >= 21:
-        final_lsn, ts, xid = _BEGIN.unpack_from(data, 1)
-        return Begin(final_lsn, pg_timestamp(ts), xid)
-    if kind == "C" and len(data) >= 26:
-        commit_lsn, end_lsn, ts = _COMMIT.unpack_from(data, 2)
-        return Commit(commit_lsn, end_lsn, pg_timestamp(ts))
     r = _Reader(data, encoding)
     r.pos = 1
     if kind == "B":

@@ -35,72 +35,25 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import DataError
-from ._pgoutput import PG_EPOCH, UNCHANGED, Column, DecodeError, Relation, decode
+from ._pgoutput import (
+    BEGIN,
+    COMMIT,
+    PG_EPOCH,
+    UNCHANGED,
+    Column,
+    DecodeError,
+    Relation,
+    decode,
+    tuple_data,
+)
 from ._pgoutput_changes import DELETE, INSERT, TRUNCATE, UPDATE, Key, Pending
 
-_I16: Final = struct.Struct(">h").unpack_from
 _I32: Final = struct.Struct(">i").unpack_from
 _LENGTH: Final = struct.Struct(">i").pack
 _U32: Final = struct.Struct(">I").unpack_from
-_BEGIN: Final = struct.Struct(">Qq").unpack_from  # final LSN, commit time
-_COMMIT: Final = struct.Struct(">Qq").unpack_from  # end LSN, commit time (after the commit LSN)
 # Microseconds from the Unix epoch to PostgreSQL's (2000-01-01 UTC).
 PG_EPOCH_MICROS: Final = int(PG_EPOCH.timestamp()) * 1_000_000
 _WHAT: Final = {INSERT: "INSERT", UPDATE: "UPDATE", DELETE: "DELETE"}
-
-
-def values(data: bytes, pos: int, end: int, encoding: str) -> tuple[list[Any], int, bool]:
-    """A TupleData at `pos` of a message ending at `end`: its values (text, None, or
-    UNCHANGED), the position after it, and whether a value is UNCHANGED. Binary values
-    (never asked for) are None."""
-    try:
-        count = (data[pos] << 8) | data[pos + 1]
-    except IndexError:
-        raise DecodeError(f"message ends early at byte {pos}") from None
-    pos += 2
-    out: list[Any] = []
-    append = out.append
-    unchanged = False
-    # An ASCII message (nearly all are) is decoded once and its values sliced from the text.
-    text = None
-    if encoding == "utf-8":
-        part = data[pos:end]
-        if part.isascii():
-            text, base = part.decode("ascii"), pos
-    try:
-        for _ in range(count):
-            kind = data[pos]
-            pos += 1
-            if kind == 116:  # 't': text
-                (length,) = _I32(data, pos)
-                pos += 4
-                stop = pos + length
-                if length < 0 or stop > end:
-                    raise DecodeError(
-                        f"value of {length} bytes runs past the message at byte {pos}"
-                    )
-                append(
-                    text[pos - base : stop - base]
-                    if text is not None
-                    else data[pos:stop].decode(encoding)
-                )
-                pos = stop
-            elif kind == 110:  # 'n': NULL
-                append(None)
-            elif kind == 117:  # 'u': unchanged TOAST
-                append(UNCHANGED)
-                unchanged = True
-            elif kind == 98:  # 'b': binary
-                (length,) = _I32(data, pos)
-                pos += 4 + length
-                append(None)
-            else:
-                raise DecodeError(f"unknown tuple value kind {chr(kind)!r}")
-    except (IndexError, struct.error):
-        raise DecodeError(f"message ends early at byte {pos}") from None
-    if pos > end:
-        raise DecodeError(f"message ends early at byte {end}")
-    return out, pos, unchanged
 
 
 def frame(messages: Iterable[bytes]) -> bytes:
@@ -222,10 +175,10 @@ class ColumnAssembler:
                 elif marker == 78:  # Update, new values only
                     add_op(UPDATE)
                 elif marker == 75 or marker == 79:  # Update with old values ('K' or 'O')
-                    old, at, _ = values(buf, m + 6, pos, encoding)
+                    old, at, _ = tuple_data(buf, m + 6, pos, encoding)
                     if at >= pos or buf[at] != 78:
                         raise DecodeError("UPDATE without a new tuple")
-                    new, _, _ = values(buf, at + 1, pos, encoding)
+                    new, _, _ = tuple_data(buf, at + 1, pos, encoding)
                     if len(new) != layout.width:
                         self._width(new, layout)
                     if len(old) != layout.width:
@@ -243,13 +196,13 @@ class ColumnAssembler:
                 if len(rows) != committed:
                     state.drop_after(committed)  # a transaction without its commit
                     segment = None
-                lsn, ts = _BEGIN(buf, m + 1)
+                lsn, ts, _ = BEGIN.unpack_from(buf, m + 1)
                 keep = lsn >= self.start
                 began = committed
             elif kind == 67:  # Commit
                 if length < 26:
                     raise DecodeError(f"message ends early at byte {length}")
-                end, commit_ts = _COMMIT(buf, m + 10)
+                _, end, commit_ts = COMMIT.unpack_from(buf, m + 2)
                 if keep:
                     changes = len(rows) - began
                     if changes:
@@ -513,7 +466,7 @@ class _State:
         cells = self.rows[row]
         if type(cells) is not int:
             return cells  # type: ignore[no-any-return]
-        decoded, _, _ = values(self.buf, cells, self.stop(cells), self.owner.encoding)
+        decoded, _, _ = tuple_data(self.buf, cells, self.stop(cells), self.owner.encoding)
         return decoded
 
     def key_of(self, row: int) -> Key | None:
@@ -530,7 +483,7 @@ class _State:
         if type(offset) is not int:
             return
         layout = self.layout_of(row)
-        cells, _, unchanged = values(self.buf, offset, self.stop(offset), self.owner.encoding)
+        cells, _, unchanged = tuple_data(self.buf, offset, self.stop(offset), self.owner.encoding)
         if len(cells) != layout.width:
             self.owner._width(cells, layout)
         if unchanged:
@@ -564,7 +517,9 @@ class _State:
             offset = self.rows[row]
             if type(offset) is not int:
                 continue
-            cells, _, unchanged = values(self.buf, offset, self.stop(offset), self.owner.encoding)
+            cells, _, unchanged = tuple_data(
+                self.buf, offset, self.stop(offset), self.owner.encoding
+            )
             if unchanged:
                 self._index()  # this row and every later one, in log order
                 return
