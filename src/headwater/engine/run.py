@@ -443,12 +443,9 @@ class Runner:
                     data = {a: _as_reader(i.data).read_all() for a, i in micro.increments.items()}
                 else:
                     # The table's function pre-processes the micro-batch (one input).
-                    con = duckdb.connect(config={"threads": self.threads})
-                    try:
+                    with self._function_database(spec) as con:
                         reader, side = self._transform(spec, con, micro.increments, full_refresh)
                         data = {next(iter(micro.increments)): reader.read_all()}
-                    finally:
-                        con.close()
                     if side:
                         raise ConfigError(
                             f"table {spec.name}: a streaming table's function returns rows "
