@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.text import Text
@@ -29,6 +29,10 @@ from .cdc import app as cdc_app
 from .graph import register_graph_commands
 from .orchestrate import register_orchestrate_commands
 from .stream import app as stream_app
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.dataset as ds
 
 app = typer.Typer(
     name="headwater",
@@ -247,11 +251,36 @@ def show(
     snapshot = snapshot_at(project.target(table), version=version, as_of=as_of)
     dataset = snapshot.to_pyarrow_dataset()
     total = dataset.count_rows()
-    rows = dataset.head(limit) if limit else dataset.schema.empty_table()
+    rows = _first_rows(dataset, limit)
     title = f"{table} · version {snapshot.version()} · {total:,} row{'s' if total != 1 else ''}"
     if rows.num_rows < total:
         title += f" (first {rows.num_rows:,} shown)"
     render.out().print(render.rows_table(rows.column_names, rows.to_pylist(), title=title))
+
+
+def _first_rows(dataset: ds.Dataset, limit: int) -> pa.Table:
+    """The first `limit` rows, read on this thread and stopped cleanly.
+
+    `Dataset.head` leaves read-ahead running when it stops early, and those reads
+    can abort the process as it exits ("terminate called without an active
+    exception")."""
+    import pyarrow as pa
+
+    scanner = dataset.scanner(use_threads=False, batch_readahead=0, fragment_readahead=0)
+    reader = scanner.to_reader()
+    batches: list[pa.RecordBatch] = []
+    rows = 0
+    try:
+        while rows < limit:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                break
+            batches.append(batch)
+            rows += batch.num_rows
+    finally:
+        reader.close()
+    return pa.Table.from_batches(batches, schema=dataset.schema).slice(0, limit)
 
 
 class OutputFormat(StrEnum):
