@@ -35,7 +35,12 @@ FILES_PER_BATCH = 5
 _ARROW = {"BIGINT": "int64", "VARCHAR": "string", "TIMESTAMP": "timestamp[ms]"}
 
 
-def bids_source(root: Path, stream: str = "bid", files_per_batch: int = FILES_PER_BATCH) -> Any:
+def bids_source(
+    root: Path,
+    stream: str = "bid",
+    files_per_batch: int = FILES_PER_BATCH,
+    select: list[str] | None = None,
+) -> Any:
     from headwater.sources import files
 
     return files(
@@ -45,6 +50,7 @@ def bids_source(root: Path, stream: str = "bid", files_per_batch: int = FILES_PE
         columns={n: _ARROW[t] for n, t in COLUMNS[stream]},
         chunk_files=files_per_batch,  # files per micro-batch (and per Delta commit)
         lookback=None,
+        select=select,  # the columns the query reads (the others are not converted)
     )
 
 
@@ -67,8 +73,10 @@ def declare(
         tumbling,
     )
 
-    def src(name: str) -> Any:
-        return source(name) if source is not None else bids_source(root, name, files_per_batch)
+    def src(name: str, select: list[str] | None = None) -> Any:
+        if source is not None:
+            return source(name)
+        return bids_source(root, name, files_per_batch, select)
 
     # A micro-batch is bounded by rows too: room for all the files' events.
     max_records = 100_000 * files_per_batch
@@ -119,7 +127,7 @@ def declare(
     if query == "q7":
         table(
             "nexmark.q7_max",
-            source=src("bid"),
+            source=src("bid", ["price", "dateTime"]),
             stream=stream(
                 event_time="dateTime",
                 watermark=WATERMARK,
@@ -127,10 +135,10 @@ def declare(
                 window=tumbling("10s"),
                 aggregates={"price": max_("price")},
             ),
-        )(lambda bid: bid.project("price, dateTime"))
+        )
         table(
             "nexmark.q7",
-            source=src("bid"),
+            source=src("bid", ["auction", "price", "bidder", "dateTime", "extra"]),
             stream=passthrough(
                 join=temporal_join(
                     "nexmark.q7_max",
@@ -141,14 +149,17 @@ def declare(
                     how="inner",
                 )
             ),
-        )(lambda bid: bid.project("auction, price, bidder, dateTime, extra"))
+        )
         return ["nexmark.q7_max", "nexmark.q7"]
     if query == "q8":
         # One table over both streams: a window join of each person with the auctions
         # they sold in the same 10 s window, then a count per person and window.
         table(
             "nexmark.q8",
-            source={"person": src("person"), "auction": src("auction")},
+            source={
+                "person": src("person", ["id", "name", "dateTime"]),
+                "auction": src("auction", ["seller", "dateTime"]),
+            },
             stream=stream(
                 event_time="dateTime",
                 watermark=WATERMARK,
