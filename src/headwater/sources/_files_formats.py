@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -429,10 +430,12 @@ def _csv_blocks(stream: Any, size: int, quote: bytes) -> Iterator[_Block]:
 
     A record ends at a line end after an even number of quotes (counted from the
     block's start, which is a record's start). The file's rest is one block once
-    the next read comes back empty. A record longer than a block makes the block
+    the next read comes back empty (not judged line by line: `plain` is False
+    there unless it holds no quote). A record longer than a block makes the block
     grow; quoting that never closes (a malformed file) is cut at a line end after
     8 blocks."""
     mark = quote[0] if len(quote) == 1 else None
+    quoted = re.compile(re.escape(quote)) if mark is not None else None
     carry: pa.Buffer | None = None
     data = stream.read_buffer(size)
     while True:
@@ -442,31 +445,28 @@ def _csv_blocks(stream: Any, size: int, quote: bytes) -> Iterator[_Block]:
         if not data.size:
             return
         following = stream.read_buffer(size)
+        if not following.size:
+            # The file's rest ends where the file does: no record end needs finding.
+            # Unless it has no quote at all, the parser that allows line ends in quoted
+            # values reads it (cheaper than judging every line end here).
+            lines = int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == 10))
+            yield _Block(data, lines, quoted is None or quoted.search(memoryview(data)) is None)
+            return
         text = data.to_pybytes()
         if mark is None or text.find(quote) < 0:
-            # No quote at all (the common case): every line end ends a record; bytes'
-            # own search is several times faster than marking them in an array.
-            lines = text.count(b"\n")
-            if not following.size:
-                yield _Block(data, lines, True)
-                return
+            # No quote at all: every line end ends a record; bytes' own search is
+            # several times faster than marking them in an array.
             end = text.rfind(b"\n") + 1
             if end:
-                yield _Block(data.slice(0, end), lines, True)
+                yield _Block(data.slice(0, end), text.count(b"\n"), True)
                 carry, data = data.slice(end), following
             else:
                 carry, data = data, following
             continue
         view = np.frombuffer(data, dtype=np.uint8)
         ends = np.flatnonzero(view == 10)
-        if mark is None:
-            inside = np.zeros(len(ends), dtype=bool)
-        else:
-            quotes = np.flatnonzero(view == mark)
-            inside = (np.searchsorted(quotes, ends) & 1).astype(bool)
-        if not following.size:
-            yield _Block(data, len(ends), not inside.any())
-            return
+        quotes = np.flatnonzero(view == mark)
+        inside = (np.searchsorted(quotes, ends) & 1).astype(bool)
         outside = np.flatnonzero(~inside)
         if len(outside):
             count = int(outside[-1]) + 1
