@@ -206,6 +206,19 @@ def test_window_join_over_two_sources_pairs_keys_of_different_names_in_the_same_
     assert any(wm <= oracle.NEVER for wm in wms[:3])  # held back before the first sale
 
 
+def test_window_join_and_named_sources_refuse_what_they_cannot_mean() -> None:
+    with pytest.raises(ConfigError, match="same_window must be a positive"):
+        interval_join("b", on="k", lower="-1s", upper="1s", same_window="0s")
+    joined = interval_join("b", on={"id": "seller"}, lower="-1s", upper="1s")
+    assert joined.keys == (("id", "seller"),)
+    with pytest.raises(ConfigError, match="not a valid parameter name"):
+        table("silver.x", source={"not valid": Feed([]), "b": Feed([])})
+    with pytest.raises(ConfigError, match="names no connector"):
+        table("silver.x", source={})
+    with pytest.raises(ConfigError, match=r"a connector from headwater\.sources"):
+        table("silver.x", source={"a": "bronze.a"})  # type: ignore[dict-item]
+
+
 # -- stream-table temporal join ---------------------------------------------------------------
 
 

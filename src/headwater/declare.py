@@ -8,9 +8,9 @@
 A table reads either one `source` (a connector) or `inputs` (other tables: their
 changes since last run by default, or `snapshot("layer.table")` for the whole
 table); a stream that joins two connectors takes them by name,
-`source={"person": files(...), "auction": files(...)}`. Inputs reach the function as DuckDB relations, matched to parameters by
-name (a single input goes to the single parameter); a parameter named `ctx`
-receives the run context. The function returns a DuckDB relation, an Arrow
+`source={"person": files(...), "auction": files(...)}`. Inputs reach the
+function as DuckDB relations, matched to parameters by name (a single input
+goes to the single parameter); a parameter named `ctx` receives the run context. The function returns a DuckDB relation, an Arrow
 table or reader, or a SQL string over the inputs. Without a function, the input
 is written as it arrives.
 """
