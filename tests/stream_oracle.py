@@ -33,19 +33,29 @@ class Judged:
     final: int = NEVER
 
 
-def watermarks(events: list[Event], delay: int, idle: int | None) -> Judged:
+def watermarks(
+    events: list[Event], delay: int, idle: int | None, inputs: tuple[str, ...] = ()
+) -> Judged:
+    """`inputs`: the table's inputs (partitions are `<input>` or `<input>/<value>`); one
+    that has delivered nothing holds the watermark back, idle from the first event."""
     newest: dict[str, int] = {}
     seen: dict[str, int] = {}
     stream_max = NEVER
+    first = None
     current = NEVER
     out = Judged()
     for e in events:
         stream_max = max(stream_max, e.ts)
+        first = stream_max if first is None else first
         newest[e.partition] = max(newest.get(e.partition, NEVER), e.ts)
         seen[e.partition] = stream_max
         candidates = [
             newest[p] - delay for p in newest if idle is None or stream_max - seen[p] <= idle
         ]
+        for name in inputs:
+            delivered = any(p == name or p.startswith(name + "/") for p in newest)
+            if not delivered and (idle is None or stream_max - first <= idle):
+                candidates.append(NEVER)
         current = max(current, min(candidates))
         out.watermarks.append(current)
     out.final = current

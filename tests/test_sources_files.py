@@ -582,6 +582,33 @@ def test_a_large_file_streams_in_increments_that_resume_inside_it(tmp_path: Path
         )
 
 
+@pytest.mark.parametrize("header", [True, False])
+def test_select_keeps_only_the_named_columns(tmp_path: Path, header: bool) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    body = "".join(f'{n},name {n},"{n}.5",x\n' for n in range(3000))
+    (folder / "a.csv").write_text(("id,name,amount,extra\n" if header else "") + body)
+    write_ndjson(folder / "b.ndjson", [{"id": 7, "amount": 1.5, "extra": "y"}])
+    columns = {"id": "int64", "name": "string", "amount": "double", "extra": "string"}
+    source = files(
+        "in/*.*",
+        header=header,
+        columns=None if header else columns,
+        select=["amount", "id"],
+        block_size="4KB",
+        chunk_files=1,
+    )
+    increments = read_all(source, tmp_path)
+    csv = pa.concat_tables(
+        [i.data for i in increments if i.data.num_rows > 1], promote_options="permissive"
+    )
+    assert csv.column_names == ["amount", "id"]
+    assert csv.column("id").to_pylist() == list(range(3000))
+    assert csv.column("amount").to_pylist()[:2] == [0.5, 1.5]
+    ndjson = [i.data for i in increments if i.data.num_rows == 1]
+    assert [t.to_pylist() for t in ndjson] == [[{"amount": 1.5, "id": 7}]]
+
+
 def _big_csv(path: Path, rows: int, bad: dict[int, str]) -> dict[int, int]:
     """A CSV of `rows` data rows (header first), some with quoted newlines and carriage
     returns in their values; `bad` replaces rows by malformed ones. The line each row

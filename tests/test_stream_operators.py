@@ -101,7 +101,7 @@ def test_interval_join_pairs_exactly_the_on_time_events_within_the_interval(
         oracle.Event(i, us(r["ts"]), side, {**r, "side": side})
         for i, (side, r) in enumerate(arrivals)
     ]
-    wms = oracle.watermarks(events, 5 * SECOND, None).watermarks
+    wms = oracle.watermarks(events, 5 * SECOND, None, ("views", "clicks")).watermarks
     on_time = [e for e, wm in zip(events, wms, strict=True) if e.ts >= wm - lateness * SECOND]
     expected = sorted(
         (v.row["id"], c.row["id"])
@@ -123,6 +123,100 @@ def test_interval_join_pairs_exactly_the_on_time_events_within_the_interval(
         e.row["id"] for e, wm in zip(events, wms, strict=True) if e.ts < wm - lateness * SECOND
     )
     assert set(late.column("_reason").to_pylist()) == {"join horizon"}
+
+
+def test_window_join_over_two_sources_pairs_keys_of_different_names_in_the_same_window(
+    tmp_path: Path,
+) -> None:
+    # Two connectors read directly by one table; the sellers' input starts two pushes
+    # late (it holds the watermark back until then), and the working copy of the state
+    # is lost once (rebuilt from the committed changelog).
+    rng = random.Random(5)
+    people, sales = Feed([]), Feed([])
+    lake = Lake(tmp_path)
+    lake.declare(
+        lambda: table(
+            "silver.sellers",
+            source={"people": people, "sales": sales},
+            stream=stream(
+                event_time="ts",
+                watermark="4s",
+                join=interval_join(
+                    "sales", on={"id": "seller"}, lower="-10s", upper="10s", same_window="10s"
+                ),
+            ),
+        )
+    )
+    arrivals: list[tuple[str, dict[str, Any]]] = []
+    pending: dict[str, list[list[dict[str, Any]]]] = {"people": [], "sales": []}
+    clock = 0.0
+    for push in range(12):
+        for side, feed in (("people", people), ("sales", sales)):
+            if side == "sales" and push < 2:
+                continue
+            rows = []
+            for i in range(rng.randint(1, 6)):
+                clock += rng.randint(0, 3)
+                behind = rng.choice([0, 0, 2, 9])  # some beyond the watermark delay
+                key = (
+                    {"id": rng.choice([1, 2])}
+                    if side == "people"
+                    else {"seller": rng.choice([1, 2])}
+                )
+                rows.append({"name": f"{side[0]}{push}-{i}", **key, "ts": at(clock - behind)})
+            feed.push(rows)
+            pending[side].append(rows)
+        if push % 4 == 3:
+            lake.run()
+            # Each micro-batch takes one increment of each input: people's first.
+            for i in range(max(len(pending["people"]), len(pending["sales"]))):
+                for side in ("people", "sales"):
+                    if i < len(pending[side]):
+                        arrivals += [(side, r) for r in pending[side][i]]
+            pending = {"people": [], "sales": []}
+        if push == 7:
+            for path in (tmp_path / ".headwater" / "stream").glob("*.duckdb*"):
+                path.unlink()
+
+    events = [
+        oracle.Event(i, us(r["ts"]), side, {**r, "side": side})
+        for i, (side, r) in enumerate(arrivals)
+    ]
+    wms = oracle.watermarks(events, 4 * SECOND, None, ("people", "sales")).watermarks
+    on_time = [e for e, wm in zip(events, wms, strict=True) if e.ts >= wm]
+    window = 10 * SECOND
+    expected = sorted(
+        (p.row["name"], s.row["name"])
+        for p in on_time
+        if p.row["side"] == "people"
+        for s in on_time
+        if s.row["side"] == "sales"
+        and p.row["id"] == s.row["seller"]
+        and p.ts // window == s.ts // window
+    )
+    got = lake.table("silver.sellers")
+    assert "seller" not in got.column_names
+    assert (
+        sorted(
+            zip(got.column("name").to_pylist(), got.column("sales_name").to_pylist(), strict=True)
+        )
+        == expected
+    )
+    assert len(expected) > 5, "the case pairs little: it would prove little"
+    assert any(wm <= oracle.NEVER for wm in wms[:3])  # held back before the first sale
+
+
+def test_window_join_and_named_sources_refuse_what_they_cannot_mean() -> None:
+    with pytest.raises(ConfigError, match="same_window must be a positive"):
+        interval_join("b", on="k", lower="-1s", upper="1s", same_window="0s")
+    joined = interval_join("b", on={"id": "seller"}, lower="-1s", upper="1s")
+    assert joined.keys == (("id", "seller"),)
+    with pytest.raises(ConfigError, match="not a valid parameter name"):
+        table("silver.x", source={"not valid": Feed([]), "b": Feed([])})
+    with pytest.raises(ConfigError, match="names no connector"):
+        table("silver.x", source={})
+    with pytest.raises(ConfigError, match=r"a connector from headwater\.sources"):
+        table("silver.x", source={"a": "bronze.a"})  # type: ignore[dict-item]
 
 
 # -- stream-table temporal join ---------------------------------------------------------------

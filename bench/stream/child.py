@@ -218,8 +218,6 @@ def watermark_s(query: str, files_per_batch: int) -> int:
     """The query's watermark delay (s) in Headwater's pipelines (pipelines.py)."""
     import pipelines
 
-    if query == "q8":
-        return pipelines.q8_watermark_s(files_per_batch)
     return int(pipelines.WATERMARK.rstrip("s"))
 
 

@@ -17,8 +17,9 @@ order, and the last table of the list holds the query's result:
     q7   bid -> max price per tumbling window; bid -> temporal join with those
          windows on the price, valid in [window_start, window_end): the bids
          whose price is their window's maximum
-    q8   person, auction -> (id, window) tables -> interval join on id and window
-         -> tumbling-window count per person: people with an auction in their window
+    q8   person, auction -> window join (person id = auction seller, same 10 s
+         window) -> tumbling-window count per person: people with an auction in
+         their window (one table over both streams)
     q11  bid -> session windows per bidder (gap 10 s)
 """
 
@@ -31,20 +32,15 @@ from queries import COLUMNS
 
 WATERMARK = "4s"
 FILES_PER_BATCH = 5
-EVENTS_PER_FILE_S = 10  # seconds of event time in one file (100,000 events)
 _ARROW = {"BIGINT": "int64", "VARCHAR": "string", "TIMESTAMP": "timestamp[ms]"}
 
 
-def q8_watermark_s(files_per_batch: int) -> int:
-    """q8's watermark delay (s): the event time of one upstream commit, plus 5 s.
-
-    The first micro-batch of q8's join holds all of one person commit before any
-    auction; until an input has delivered, it does not hold the watermark back, so
-    the watermark must allow for the event time one commit spans."""
-    return EVENTS_PER_FILE_S * files_per_batch + 5
-
-
-def bids_source(root: Path, stream: str = "bid", files_per_batch: int = FILES_PER_BATCH) -> Any:
+def bids_source(
+    root: Path,
+    stream: str = "bid",
+    files_per_batch: int = FILES_PER_BATCH,
+    select: list[str] | None = None,
+) -> Any:
     from headwater.sources import files
 
     return files(
@@ -54,6 +50,7 @@ def bids_source(root: Path, stream: str = "bid", files_per_batch: int = FILES_PE
         columns={n: _ARROW[t] for n, t in COLUMNS[stream]},
         chunk_files=files_per_batch,  # files per micro-batch (and per Delta commit)
         lookback=None,
+        select=select,  # the columns the query reads (the others are not converted)
     )
 
 
@@ -76,8 +73,10 @@ def declare(
         tumbling,
     )
 
-    def src(name: str) -> Any:
-        return source(name) if source is not None else bids_source(root, name, files_per_batch)
+    def src(name: str, select: list[str] | None = None) -> Any:
+        if source is not None:
+            return source(name)
+        return bids_source(root, name, files_per_batch, select)
 
     # A micro-batch is bounded by rows too: room for all the files' events.
     max_records = 100_000 * files_per_batch
@@ -128,7 +127,7 @@ def declare(
     if query == "q7":
         table(
             "nexmark.q7_max",
-            source=src("bid"),
+            source=src("bid", ["price", "dateTime"]),
             stream=stream(
                 event_time="dateTime",
                 watermark=WATERMARK,
@@ -136,10 +135,10 @@ def declare(
                 window=tumbling("10s"),
                 aggregates={"price": max_("price")},
             ),
-        )(lambda bid: bid.project("price, dateTime"))
+        )
         table(
             "nexmark.q7",
-            source=src("bid"),
+            source=src("bid", ["auction", "price", "bidder", "dateTime", "extra"]),
             stream=passthrough(
                 join=temporal_join(
                     "nexmark.q7_max",
@@ -150,33 +149,34 @@ def declare(
                     how="inner",
                 )
             ),
-        )(lambda bid: bid.project("auction, price, bidder, dateTime, extra"))
+        )
         return ["nexmark.q7_max", "nexmark.q7"]
     if query == "q8":
-        window = "time_bucket(INTERVAL 10 SECOND, dateTime) AS ws"
-        table("nexmark.q8_person", source=src("person"), stream=passthrough())(
-            lambda person: person.project(f"id, name, dateTime, {window}")
-        )
-        table("nexmark.q8_auction", source=src("auction"), stream=passthrough())(
-            lambda auction: auction.project(f"seller AS id, dateTime, {window}")
-        )
+        # One table over both streams: a window join of each person with the auctions
+        # they sold in the same 10 s window, then a count per person and window.
         table(
             "nexmark.q8",
-            inputs={"person": "nexmark.q8_person", "auction": "nexmark.q8_auction"},
-            # A micro-batch takes one upstream commit (files_per_batch files' slice of
-            # event time) from each input and its events arrive input after input; see
-            # q8_watermark_s.
+            source={
+                "person": src("person", ["id", "name", "dateTime"]),
+                "auction": src("auction", ["seller", "dateTime"]),
+            },
             stream=stream(
                 event_time="dateTime",
-                watermark=f"{q8_watermark_s(files_per_batch)}s",
-                max_records=1,
-                join=interval_join("auction", on=["id", "ws"], lower="-10s", upper="10s"),
+                watermark=WATERMARK,
+                max_records=max_records,
+                join=interval_join(
+                    "auction",
+                    on={"id": "seller"},
+                    lower="-10s",
+                    upper="10s",
+                    same_window="10s",
+                ),
                 window=tumbling("10s"),
                 group_by=["id", "name"],
                 aggregates={"auctions": count()},
             ),
         )
-        return ["nexmark.q8_person", "nexmark.q8_auction", "nexmark.q8"]
+        return ["nexmark.q8"]
     if query == "q11":
         table(
             "nexmark.q11",

@@ -7,9 +7,10 @@
 
 A table reads either one `source` (a connector) or `inputs` (other tables: their
 changes since last run by default, or `snapshot("layer.table")` for the whole
-table). Inputs reach the function as DuckDB relations, matched to parameters by
-name (a single input goes to the single parameter); a parameter named `ctx`
-receives the run context. The function returns a DuckDB relation, an Arrow
+table); a stream that joins two connectors takes them by name,
+`source={"person": files(...), "auction": files(...)}`. Inputs reach the
+function as DuckDB relations, matched to parameters by name (a single input
+goes to the single parameter); a parameter named `ctx` receives the run context. The function returns a DuckDB relation, an Arrow
 table or reader, or a SQL string over the inputs. Without a function, the input
 is written as it arrives.
 """
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -168,7 +169,7 @@ class _Declaration:
 def table(
     name: str,
     *,
-    source: Source | None = None,
+    source: Source | Mapping[str, Source] | None = None,
     inputs: Sequence[str | Upstream] | dict[str, str | Upstream] | None = None,
     strategy: str | WriteStrategy = "append",
     keys: Sequence[str] = (),
@@ -212,11 +213,21 @@ def table(
         )
     resolved: dict[str, Source] = {}
     if source is not None:
-        if not isinstance(source, Source):
-            raise ConfigError(
-                f"{defined_at}: table {name}: source must be a connector from headwater.sources"
-            )
-        resolved["source"] = source
+        # Several named sources: a stream joining them (interval_join names the second).
+        named = dict(source) if isinstance(source, Mapping) else {"source": source}
+        for key, connector in named.items():
+            if not isinstance(connector, Source):
+                raise ConfigError(
+                    f"{defined_at}: table {name}: source must be a connector from "
+                    "headwater.sources (or a dict of them, by name)"
+                )
+            if not ALIAS.match(key) or key == "ctx":
+                raise ConfigError(
+                    f"{defined_at}: table {name}: source name {key!r} is not a valid parameter name"
+                )
+            resolved[key] = connector
+        if not resolved:
+            raise ConfigError(f"{defined_at}: table {name}: source={{}} names no connector")
     else:
         assert inputs is not None
         items = inputs.items() if isinstance(inputs, dict) else [(None, i) for i in inputs]

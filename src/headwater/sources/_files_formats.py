@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -67,6 +68,7 @@ class ReadOptions:
     block_size: int = 16 << 20
     batch_rows: int = 65_536
     quote: bytes = field(default=b'"')
+    select: tuple[str, ...] | None = None  # the columns to keep (None: all)
 
 
 def _plain_name(path: str) -> str:
@@ -93,6 +95,28 @@ def pieces(
     at: dict[str, int] | None,
 ) -> Iterator[Piece]:
     """The file's pieces from `at` (None: the start). `source` names the file in rejections."""
+    if options.select is not None and fmt != "csv":  # CSV converts the selected ones only
+        for piece in _pieces(fs, path, source, fmt, options, at):
+            yield replace(piece, table=_select(piece.table, options.select))
+    else:
+        yield from _pieces(fs, path, source, fmt, options, at)
+
+
+def _select(table: pa.Table | None, names: tuple[str, ...]) -> pa.Table | None:
+    """The selected columns a file has (one it lacks is left out, as without select)."""
+    if table is None:
+        return None
+    return table.select([n for n in names if n in table.schema.names])
+
+
+def _pieces(
+    fs: pafs.FileSystem,
+    path: str,
+    source: str,
+    fmt: Format,
+    options: ReadOptions,
+    at: dict[str, int] | None,
+) -> Iterator[Piece]:
     try:
         if fmt == "parquet":
             yield from _parquet(fs, path, (at or {}).get("row", 0), options)
@@ -406,10 +430,12 @@ def _csv_blocks(stream: Any, size: int, quote: bytes) -> Iterator[_Block]:
 
     A record ends at a line end after an even number of quotes (counted from the
     block's start, which is a record's start). The file's rest is one block once
-    the next read comes back empty. A record longer than a block makes the block
+    the next read comes back empty (not judged line by line: `plain` is False
+    there unless it holds no quote). A record longer than a block makes the block
     grow; quoting that never closes (a malformed file) is cut at a line end after
     8 blocks."""
     mark = quote[0] if len(quote) == 1 else None
+    quoted = re.compile(re.escape(quote)) if mark is not None else None
     carry: pa.Buffer | None = None
     data = stream.read_buffer(size)
     while True:
@@ -419,16 +445,28 @@ def _csv_blocks(stream: Any, size: int, quote: bytes) -> Iterator[_Block]:
         if not data.size:
             return
         following = stream.read_buffer(size)
+        if not following.size:
+            # The file's rest ends where the file does: no record end needs finding.
+            # Unless it has no quote at all, the parser that allows line ends in quoted
+            # values reads it (cheaper than judging every line end here).
+            lines = int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == 10))
+            yield _Block(data, lines, quoted is None or quoted.search(memoryview(data)) is None)
+            return
+        text = data.to_pybytes()
+        if mark is None or text.find(quote) < 0:
+            # No quote at all: every line end ends a record; bytes' own search is
+            # several times faster than marking them in an array.
+            end = text.rfind(b"\n") + 1
+            if end:
+                yield _Block(data.slice(0, end), text.count(b"\n"), True)
+                carry, data = data.slice(end), following
+            else:
+                carry, data = data, following
+            continue
         view = np.frombuffer(data, dtype=np.uint8)
         ends = np.flatnonzero(view == 10)
-        if mark is None:
-            inside = np.zeros(len(ends), dtype=bool)
-        else:
-            quotes = np.flatnonzero(view == mark)
-            inside = (np.searchsorted(quotes, ends) & 1).astype(bool)
-        if not following.size:
-            yield _Block(data, len(ends), not inside.any())
-            return
+        quotes = np.flatnonzero(view == mark)
+        inside = (np.searchsorted(quotes, ends) & 1).astype(bool)
         outside = np.flatnonzero(~inside)
         if len(outside):
             count = int(outside[-1]) + 1
@@ -454,12 +492,18 @@ def _csv(
     plain = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=False)
     read_options = pacsv.ReadOptions(column_names=names)
 
+    select = None if options.select is None else list(options.select)
+
     def read(data: pa.Buffer | bytes, types: dict[str, pa.DataType], how: Any) -> pa.Table:
         return pacsv.read_csv(
             pa.BufferReader(data),
             read_options=read_options,
             parse_options=how,
-            convert_options=pacsv.ConvertOptions(column_types=types),
+            convert_options=pacsv.ConvertOptions(
+                column_types=types,
+                include_columns=select,
+                include_missing_columns=select is not None,
+            ),
         )
 
     def parse(data: pa.Buffer | bytes, how: Any = quoted) -> pa.Table | None:

@@ -14,7 +14,7 @@ as loaded by the position and skipped). docs/sources-files.md has the rules.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, Literal
@@ -95,6 +95,9 @@ class FilesSource(Source):
 
     pattern: a local glob (relative to the project), a URI (`file://`, `s3://`,
     `gs://`, `abfs://`, or any fsspec scheme), or a path in `filesystem`.
+    select: the columns to keep, in this order (None: all). CSV converts only these
+    (the others are skipped over, not parsed into values); a column a file lacks is
+    null in CSV and left out in the other formats.
     """
 
     kind = "files"
@@ -119,6 +122,7 @@ class FilesSource(Source):
         header: bool = True,
         block_size: str | int = "16MB",
         chunk_bytes: str | int = "256MB",
+        select: Sequence[str] | None = None,
     ) -> None:
         where = f"files source {pattern}"
         if format is not None and format not in FORMATS:
@@ -151,6 +155,7 @@ class FilesSource(Source):
             delimiter=delimiter,
             header=header,
             block_size=max(1, parse_size(block_size, f"{where}: block_size")),
+            select=None if select is None else tuple(select),
         )
 
     def describe(self) -> str:

@@ -211,6 +211,7 @@ class StreamRun:
             names,
             micros(stream.watermark),
             None if stream.idle_timeout is None else micros(stream.idle_timeout),
+            list(self.spec.inputs),
         )
         checkpoint.watermark = moved.state
         checkpoint.lateness = lateness.add(

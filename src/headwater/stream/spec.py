@@ -253,8 +253,10 @@ def temporal_join(
 
 @dataclass(frozen=True)
 class IntervalJoin:
-    """Pairs of events of this stream and input `other` with equal keys and
-    this.time + lower <= other.time <= this.time + upper."""
+    """Pairs of events of this stream and input `other` whose keys are equal (this
+    stream's `on` columns to the other's `other_on`) and
+    this.time + lower <= other.time <= this.time + upper (and, with `same_window`,
+    both in the same tumbling window of that size)."""
 
     other: str
     on: tuple[str, ...]
@@ -262,26 +264,54 @@ class IntervalJoin:
     upper: timedelta
     prefix: str
     kind: Literal["interval"] = "interval"
+    other_on: tuple[str, ...] = ()
+    same_window: timedelta | None = None
+
+    @property
+    def keys(self) -> tuple[tuple[str, str], ...]:
+        """(this stream's column, the other input's column) per key."""
+        return tuple(zip(self.on, self.other_on or self.on, strict=True))
 
 
 def interval_join(
     other: str,
-    on: str | Sequence[str],
+    on: str | Sequence[str] | Mapping[str, str],
     *,
     lower: Duration,
     upper: Duration,
     prefix: str | None = None,
+    same_window: Duration | None = None,
 ) -> IntervalJoin:
     """Join input `other` (another input of the table) within an interval of event
-    time: `lower="-10m", upper="5m"`. Its columns get the prefix `<other>_`."""
-    keys = (on,) if isinstance(on, str) else tuple(on)
+    time: `lower="-10m", upper="5m"`. Its columns get the prefix `<other>_`.
+
+    on: key columns named alike on both inputs, or `{"id": "seller"}` (this
+    stream's column: the other input's column) when the names differ.
+    same_window: also pair only events in the same tumbling window of this size
+    (a window join: `lower="-10s", upper="10s", same_window="10s"`)."""
+    if isinstance(on, Mapping):
+        keys, other_keys = tuple(on), tuple(on.values())
+    else:
+        keys = (on,) if isinstance(on, str) else tuple(on)
+        other_keys = keys
     low = _duration(lower, "interval_join: lower", signed=True)
     high = _duration(upper, "interval_join: upper", signed=True)
     if low > high:
         raise ConfigError("interval_join: lower must not be after upper")
     if not keys:
         raise ConfigError(f"interval_join({other!r}): on= names no column")
-    return IntervalJoin(other, keys, low, high, prefix if prefix is not None else f"{other}_")
+    window = None if same_window is None else _duration(same_window, "interval_join: same_window")
+    if window is not None and window <= timedelta(0):
+        raise ConfigError("interval_join: same_window must be a positive duration")
+    return IntervalJoin(
+        other,
+        keys,
+        low,
+        high,
+        prefix if prefix is not None else f"{other}_",
+        other_on=other_keys,
+        same_window=window,
+    )
 
 
 Join = TemporalJoin | IntervalJoin

@@ -7,6 +7,10 @@ event of the other side that is still held, and held themselves until no
 on-time event can pair with them: this side's rows while time + upper is not
 behind the watermark - lateness, the other side's while time - lower is not.
 A pair appears at the arrival of its later event; its time is this side's.
+
+With `same_window` both events must also fall in the same tumbling window
+(aligned to the epoch, as the tumbling windows are), and held rows go as soon
+as their window has closed.
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ def join(frame: Frame, left: str, right: str, spec: IntervalJoin, sources: tuple
     lateness = frame.lateness
     left_columns = _columns(frame, left)
     right_columns = _columns(frame, right)
-    for key in spec.on:
-        for columns, source in ((left_columns, sources[0]), (right_columns, sources[1])):
+    for pair in spec.keys:
+        for key, columns, source in zip(pair, (left_columns, right_columns), sources, strict=True):
             if key not in columns:
                 raise ConfigError(
                     f"table {frame.table}: interval join key {key!r} is not in the events of {source}"
@@ -45,13 +49,16 @@ def join(frame: Frame, left: str, right: str, spec: IntervalJoin, sources: tuple
             )
     held_left, held_right = q(PREFIX + LEFT), q(PREFIX + RIGHT)
     low, high = micros(spec.lower), micros(spec.upper)
+    other_keys = {right for _, right in spec.keys}
     renamed = ", ".join(
         f"r.{q(c)} AS {q(spec.prefix + c)}"
         for c in right_columns
-        if c not in spec.on and c not in INTERNAL
+        if c not in other_keys and c not in INTERNAL
     )
-    keys = " AND ".join(f"l.{q(k)} = r.{q(k)}" for k in spec.on)
+    keys = " AND ".join(f"l.{q(a)} = r.{q(b)}" for a, b in spec.keys)
     within = f"r._ts BETWEEN l._ts + {low} AND l._ts + {high}"
+    if spec.same_window is not None:
+        within += f" AND {_window_start('l._ts', spec)} = {_window_start('r._ts', spec)}"
     left_out = ", ".join(f"l.{q(c)}" for c in left_columns if c not in INTERNAL)
     select = f"SELECT {left_out}{', ' + renamed if renamed else ''}, l._ts"
     pairs = frame.materialise(
@@ -82,8 +89,18 @@ def expire(frame: Frame, spec: IntervalJoin) -> None:
         (LEFT, f"_ts + {micros(spec.upper)} < {horizon}"),
         (RIGHT, f"_ts - {micros(spec.lower)} < {horizon}"),
     ):
+        if spec.same_window is not None:
+            # No on-time event of the other side can fall in a window that has closed.
+            size = micros(spec.same_window)
+            condition += f" OR {_window_start('_ts', spec)} + {size} <= {horizon}"
         if frame.store.has(operator):
             frame.metrics["state_expired"] += frame.store.delete_where(operator, condition)
+
+
+def _window_start(ts: str, spec: IntervalJoin) -> str:
+    assert spec.same_window is not None
+    size = micros(spec.same_window)
+    return f"({ts} - (({ts} % {size}) + {size}) % {size})"
 
 
 def _columns(frame: Frame, relation: str) -> list[str]:
