@@ -1,0 +1,114 @@
+"""In-memory DuckDB databases for writes, reused from one write to the next.
+
+Opening a DuckDB database registers every built-in function: about 20-25 ms
+of CPU, and closing it more, a fixed cost of every small write (each
+micro-batch of each CDC table). A write borrows a database here and works in
+a new connection to it (a cursor, under 1 ms): what it registers and its
+temporary objects end with that connection, and the tables and views it
+created are dropped when the database comes back, so the next write finds it
+as new. A database serves one write at a time; writes side by side get their
+own.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import duckdb
+
+# Databases kept idle per configuration (about as many as tables written side by side).
+MAX_IDLE = 8
+
+_Config = tuple[int, str, str]
+
+
+class Lease:
+    """One write's use of a pooled database: `con` until `release()`."""
+
+    def __init__(self, pool: DatabasePool, config: _Config, database: duckdb.DuckDBPyConnection):
+        self._pool, self._config, self._database = pool, config, database
+        self.con = database.cursor()
+
+    def release(self) -> None:
+        self.con.close()
+        self._pool._give_back(self._config, self._database)
+
+
+class DatabasePool:
+    def __init__(self, max_idle: int = MAX_IDLE) -> None:
+        self._max_idle = max_idle
+        self._idle: dict[_Config, list[duckdb.DuckDBPyConnection]] = {}
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def borrow(self, threads: int, memory_limit: str, temp_directory: str) -> Lease:
+        config = (max(1, threads), memory_limit, temp_directory)
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child must not share its parent's databases
+                self._idle, self._pid = {}, os.getpid()
+            idle = self._idle.get(config)
+            database = idle.pop() if idle else None
+        if database is None:
+            database = duckdb.connect(
+                config={
+                    "threads": config[0],
+                    # Beyond the limit DuckDB spills to disk instead of growing.
+                    "memory_limit": memory_limit,
+                    "temp_directory": temp_directory,
+                }
+            )
+        return Lease(self, config, database)
+
+    def _give_back(self, config: _Config, database: duckdb.DuckDBPyConnection) -> None:
+        if not _empty(database):
+            database.close()
+            return
+        with self._lock:
+            idle = self._idle.setdefault(config, [])
+            if self._pid == os.getpid() and len(idle) < self._max_idle:
+                idle.append(database)
+                return
+        database.close()
+
+    def clear(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, {}
+        for databases in idle.values():
+            for database in databases:
+                database.close()
+
+
+def _empty(database: duckdb.DuckDBPyConnection) -> bool:
+    """Drop what a write left in the database; False if that fails (then it is not reused)."""
+    try:
+        with database.cursor() as con:
+            views = con.sql(
+                "SELECT schema_name, view_name FROM duckdb_views() "
+                "WHERE NOT internal AND NOT temporary AND database_name = 'memory'"
+            ).fetchall()
+            tables = con.sql(
+                "SELECT schema_name, table_name FROM duckdb_tables() "
+                "WHERE NOT temporary AND database_name = 'memory'"
+            ).fetchall()
+            for schema, name in views:
+                con.execute(f"DROP VIEW IF EXISTS {_name(schema)}.{_name(name)}")
+            for schema, name in tables:
+                con.execute(f"DROP TABLE IF EXISTS {_name(schema)}.{_name(name)} CASCADE")
+            others = con.sql(
+                "SELECT count(*) FROM duckdb_tables() WHERE NOT temporary AND database_name = 'memory'"
+            ).fetchall()[0][0]
+            schemas = con.sql(
+                "SELECT count(*) FROM duckdb_schemas() WHERE NOT internal AND database_name = 'memory' "
+                "AND schema_name <> 'main'"
+            ).fetchall()[0][0]
+            return int(others) == 0 and int(schemas) == 0
+    except duckdb.Error:
+        return False
+
+
+def _name(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+POOL = DatabasePool()
