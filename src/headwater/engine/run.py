@@ -705,6 +705,7 @@ class Runner:
             stream=stream,
             source_metrics=source_metrics or {},
         )
+        base = None if snapshot is None else snapshot.version()
         try:
             commit(target, snapshot, staged, request)
         except ConflictRetry:
@@ -715,7 +716,13 @@ class Runner:
         run.positions = positions
         run.side_versions = dict(side_versions or {})
         run.metrics.update(staged.metrics)
-        run.version = find_commit_version(target, spec.app_id, batch, self.run_id)
+        run.version = find_commit_version(
+            target,
+            spec.app_id,
+            batch,
+            self.run_id,
+            after=base,
+        )
         self.progress(spec.name, f"committed version {run.version}")
 
     # -- transform ----------------------------------------------------------------
