@@ -83,26 +83,20 @@ def _empty(database: duckdb.DuckDBPyConnection) -> bool:
     """Drop what a write left in the database; False if that fails (then it is not reused)."""
     try:
         with database.cursor() as con:
-            views = con.sql(
-                "SELECT schema_name, view_name FROM duckdb_views() "
-                "WHERE NOT internal AND NOT temporary AND database_name = 'memory'"
+            left = con.sql(
+                "SELECT 'VIEW', schema_name, view_name FROM duckdb_views() "
+                "WHERE NOT internal AND NOT temporary AND database_name = 'memory' "
+                "UNION ALL SELECT 'TABLE', schema_name, table_name FROM duckdb_tables() "
+                "WHERE NOT temporary AND database_name = 'memory' "
+                "UNION ALL SELECT 'SCHEMA', schema_name, NULL FROM duckdb_schemas() "
+                "WHERE NOT internal AND database_name = 'memory' AND schema_name <> 'main'"
             ).fetchall()
-            tables = con.sql(
-                "SELECT schema_name, table_name FROM duckdb_tables() "
-                "WHERE NOT temporary AND database_name = 'memory'"
-            ).fetchall()
-            for schema, name in views:
-                con.execute(f"DROP VIEW IF EXISTS {_name(schema)}.{_name(name)}")
-            for schema, name in tables:
-                con.execute(f"DROP TABLE IF EXISTS {_name(schema)}.{_name(name)} CASCADE")
-            others = con.sql(
-                "SELECT count(*) FROM duckdb_tables() WHERE NOT temporary AND database_name = 'memory'"
-            ).fetchall()[0][0]
-            schemas = con.sql(
-                "SELECT count(*) FROM duckdb_schemas() WHERE NOT internal AND database_name = 'memory' "
-                "AND schema_name <> 'main'"
-            ).fetchall()[0][0]
-            return int(others) == 0 and int(schemas) == 0
+            if any(kind == "SCHEMA" for kind, _, _ in left):
+                return False  # writes do not make schemas; do not guess what else was made
+            # Views first: they may read the tables.
+            for kind, schema, name in sorted(left, key=lambda r: r[0] != "VIEW"):
+                con.execute(f"DROP {kind} IF EXISTS {_name(schema)}.{_name(name)} CASCADE")
+            return True
     except duckdb.Error:
         return False
 
