@@ -83,8 +83,11 @@ def phases(root: Path, out: Path, cycles: int = 0, trigger: float = 1.0) -> None
     from collections import defaultdict
 
     from headwater import Project, Runner
+    from headwater.engine import commit as engine_commit
     from headwater.engine import run as engine_run
     from headwater.sources import _pgoutput_columns
+    from headwater.tables import delta
+    from headwater.tables.strategies import _keyed, base
 
     # The module (the package exports a function of the same name).
     cdc_postgres = importlib.import_module("headwater.sources.cdc_postgres")
@@ -114,6 +117,20 @@ def phases(root: Path, out: Path, cycles: int = 0, trigger: float = 1.0) -> None
     timed(source, "_advance", "advance the slot")
     timed(source, "_metrics", "metrics queries")
     timed(engine_run.Runner, "_write", "write: stage + merge + commit")
+    timed(engine_run.Runner, "_stage", "  stage (fit, merge into files)")
+    timed(_keyed.KeyedStrategy, "_prepare_source", "    prepare the increment")
+    timed(_keyed.KeyedStrategy, "_candidate_files", "    prune files by statistics")
+    timed(_keyed.KeyedStrategy, "_locate", "    locate touched rows")
+    timed(_keyed.KeyedStrategy, "plan", "    plan")
+    timed(_keyed.KeyedStrategy, "_rewrite_all", "    rewrite touched files")
+    timed(base.WriteContext, "close", "    close the write's DuckDB")
+    timed(engine_run.Runner, "_commit", "  commit (with its version lookup)")
+    timed(engine_commit, "_check_removes_still_live", "    check removed files still live")
+    timed(engine_run, "find_commit_version", "    find the commit's version")
+    timed(engine_run, "read_committed_state", "read the committed state")
+    timed(engine_run, "fit_increment", "  fit the increment to the table")
+    timed(delta.DeltaTarget, "load", "open the Delta table (or cached)")
+    timed(source, "acknowledge", "acknowledge after the commit")
     timed(engine_run.Runner, "run_table", "a table's run (cycle)")
     project = Project.load(root)
     with Stopwatch() as watch:

@@ -17,6 +17,8 @@ from ..errors import PositionLost
 from ..tables.delta import DeltaTarget
 
 META_KEY = "headwater"
+# Commits looked through for a run's own commit.
+HISTORY_LOOKUP = 64
 
 
 @dataclass(frozen=True)
@@ -62,12 +64,30 @@ def read_committed_state(target: DeltaTarget, app: str) -> CommittedState:
     )
 
 
-def find_commit_version(target: DeltaTarget, app: str, batch: int, run_id: str) -> int | None:
-    """The version our own commit of `batch` landed at (None if it did not)."""
-    table = target.refresh().load()
+def find_commit_version(
+    target: DeltaTarget, app: str, batch: int, run_id: str, after: int | None = None
+) -> int | None:
+    """The version our own commit of `batch` landed at (None if it did not).
+
+    With `after` (the version the commit was built on), the commits after it
+    are read one by one: usually the first is ours, and reading it is much
+    cheaper than loading the table.
+    """
+    target.refresh()
+    if after is not None:
+        from ..tables.log import ChangesUnavailable, read_commit
+
+        for version in range(after + 1, after + 1 + HISTORY_LOOKUP):
+            try:
+                ours = read_commit(target, version).headwater
+            except ChangesUnavailable:
+                break  # past the head of the log: look the history up below
+            if ours.get("app") == app and ours.get("batch") == batch and "run_id" in ours:
+                return version if ours["run_id"] == run_id else None
+    table = target.load()
     if table is None:
         return None
-    for entry in table.history(64):
+    for entry in table.history(HISTORY_LOOKUP):
         meta = entry.get(META_KEY)
         if (
             isinstance(meta, dict)

@@ -170,6 +170,14 @@ class Runner:
         self.threads = threads or max(1, os.cpu_count() or 1)
         self.defaults = project.config.defaults
         self.parallel_tables = self.defaults.parallel_tables
+        # Tables written at the same time: they share the cores (see `write_threads`).
+        self.side_by_side = 1
+
+    @property
+    def write_threads(self) -> int:
+        """DuckDB threads of one table's write: the cores shared by the tables written side by
+        side (more threads than cores only adds switching between them)."""
+        return max(1, self.threads // self.side_by_side)
 
     # -- many tables ----------------------------------------------------------
     def run(self, names: Iterable[str] | None = None) -> list[TableRun]:
@@ -179,6 +187,7 @@ class Runner:
         downstream of a failure is marked "upstream-failed" and not run.
         """
         order = self.project.order(list(names) if names else None)
+        self.side_by_side = max(1, min(self.parallel_tables, len(order)))
         selected = set(order)
         upstream = {
             n: [u for u in self.project.spec(n).upstream_tables() if u in selected] for n in order
@@ -712,6 +721,7 @@ class Runner:
             stream=stream,
             source_metrics=source_metrics or {},
         )
+        base = None if snapshot is None else snapshot.version()
         try:
             commit(target, snapshot, staged, request)
         except ConflictRetry:
@@ -722,7 +732,13 @@ class Runner:
         run.positions = positions
         run.side_versions = dict(side_versions or {})
         run.metrics.update(staged.metrics)
-        run.version = find_commit_version(target, spec.app_id, batch, self.run_id)
+        run.version = find_commit_version(
+            target,
+            spec.app_id,
+            batch,
+            self.run_id,
+            after=base,
+        )
         self.progress(spec.name, f"committed version {run.version}")
 
     # -- transform ----------------------------------------------------------------
@@ -875,7 +891,7 @@ class Runner:
             record_changes=spec.change_feed
             if spec.change_feed is not None
             else reads_changes(self.project.tables, spec.name),
-            threads=self.threads,
+            threads=self.write_threads,
             memory_limit=self.defaults.memory_limit,
             interval=self.interval,
         )

@@ -22,6 +22,7 @@ from deltalake import DeltaTable
 from deltalake.transaction import AddAction, RemoveAction
 
 from ...errors import ConfigError
+from ..databases import POOL, Lease
 from ..delta import DeltaTarget
 from ..writer import FileWriter, partition_value_text
 
@@ -112,7 +113,7 @@ class WriteContext:
     # Arrow tables visible by name to the connection and every cursor of it.
     shared: dict[str, pa.Table] = field(default_factory=dict)
     rows_considered: int = 0
-    _con: duckdb.DuckDBPyConnection | None = None
+    _lease: Lease | None = None
 
     @property
     def partition_by(self) -> tuple[str, ...]:
@@ -145,16 +146,14 @@ class WriteContext:
 
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
-        if self._con is None:
-            self._con = duckdb.connect(
-                config={
-                    "threads": max(1, self.threads),
-                    # Beyond the limit DuckDB spills to disk instead of growing.
-                    "memory_limit": self.memory_limit,
-                    "temp_directory": os.path.join(tempfile.gettempdir(), "headwater-duckdb"),
-                }
+        if self._lease is None:
+            # A pooled database: opening one costs more than many small writes do.
+            self._lease = POOL.borrow(
+                self.threads,
+                self.memory_limit,
+                os.path.join(tempfile.gettempdir(), "headwater-duckdb"),
             )
-        return self._con
+        return self._lease.con
 
     def share(self, name: str, table: pa.Table) -> None:
         """Make an Arrow table visible to SQL as `name`, here and in every cursor."""
@@ -169,9 +168,9 @@ class WriteContext:
         return cursor
 
     def close(self) -> None:
-        if self._con is not None:
-            self._con.close()
-            self._con = None
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
         self.shared.clear()
 
 
