@@ -17,6 +17,8 @@ import threading
 
 import duckdb
 
+from .._sql import q
+
 # Databases kept idle per configuration (about as many as tables written side by side).
 MAX_IDLE = 8
 
@@ -95,14 +97,10 @@ def _empty(database: duckdb.DuckDBPyConnection) -> bool:
                 return False  # writes do not make schemas; do not guess what else was made
             # Views first: they may read the tables.
             for kind, schema, name in sorted(left, key=lambda r: r[0] != "VIEW"):
-                con.execute(f"DROP {kind} IF EXISTS {_name(schema)}.{_name(name)} CASCADE")
+                con.execute(f"DROP {kind} IF EXISTS {q(schema)}.{q(name)} CASCADE")
             return True
     except duckdb.Error:
         return False
-
-
-def _name(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
 
 
 POOL = DatabasePool()
