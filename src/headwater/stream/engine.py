@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 from .._sql import q
 from ..engine.position import META_KEY, CommittedState
 from ..engine.side_outputs import SideOutput, side_table_name
-from ..errors import ConfigError
+from ..errors import ConfigError, HeadwaterError
 from ..sources.base import Increment, ReadContext
 from . import LAG, PARTITION_COLUMN, deduplicate, emit, lateness, windows
 from .checkpoint import Checkpoint
@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("headwater.stream")
 LATE = "late"  # <table>__late
+EMITTED = "emitted"  # the rows a then= step reads (by name in SQL it returns)
 
 
 @dataclass
@@ -305,10 +306,31 @@ class StreamRun:
                 f"SELECT * EXCLUDE ({', '.join(INTERNAL)}) FROM {q(main)} ORDER BY _seq"
             ).to_arrow_table()
             frame.metrics["emitted"] += rows.num_rows
+        if stream.then is not None and rows is not None:
+            rows = self._then(frame, rows)
         deduplicate.expire(frame)
         if stream.interval_join is not None:
             interval.expire(frame, stream.interval_join)
         return rows
+
+    def _then(self, frame: Frame, rows: pa.Table) -> pa.Table:
+        """The stream's step after its operators, over the rows they emitted."""
+        assert self.stream.then is not None
+        con = frame.con
+        con.register(EMITTED, rows)
+        try:
+            result = self.stream.then(con.table(EMITTED))
+            if isinstance(result, str):
+                result = con.sql(result)
+            return result.to_arrow_table()
+        except duckdb.Error as exc:
+            raise HeadwaterError(
+                f"table {self.spec.name}: SQL failed in the stream's then= step: "
+                f"{str(exc).splitlines()[0]}",
+                f"check the column names of the emitted rows: {', '.join(rows.schema.names)}",
+            ) from exc
+        finally:
+            con.unregister(EMITTED)
 
     def _held_shape(self, frame: Frame, operator: str) -> str | None:
         """An empty relation with the columns of an interval join side's held events."""
