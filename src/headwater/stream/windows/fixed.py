@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -36,6 +37,7 @@ from .common import (
     final_sql,
     group_key,
     input_columns,
+    insert_rows,
     merge_sql,
     partial_sql,
     upsert,
@@ -77,15 +79,11 @@ def aggregate(frame: Frame, events: str, source: str) -> pa.Table | None:
             emit.expire(frame, OPERATOR, f"_last_ts + {ttl} <= {frame.watermark}")
         return rows
     partials = frame.con.sql(grouped).to_arrow_table()
-    closed, kept = _split_closed(frame, partials)
-    frame.con.register("_kept", kept)
-    try:
-        partial = frame.con.sql(_keyed(groups, "SELECT * FROM _kept")).to_arrow_table()
-    finally:
-        frame.con.unregister("_kept")
-    touched = upsert(
-        frame, OPERATOR, partial, ["_gkey", *groups, "window_start", "window_end"], types
-    )
+    closed, fresh, held = _split(frame, partials)
+    keep = ["_gkey", *groups, "window_start", "window_end"]
+    touched = upsert(frame, OPERATOR, _with_keys(frame, held), keep, types)
+    if fresh.num_rows:
+        insert_rows(frame, OPERATOR, _with_keys(frame, fresh, born=True))
     rows = emit.emit(frame, OPERATOR, touched, windowed=True)
     emit.expire(frame, OPERATOR, f"window_end + {frame.lateness} <= {frame.watermark}")
     if closed.num_rows == 0:
@@ -105,25 +103,45 @@ def _keyed(groups: tuple[str, ...], grouped: str) -> str:
     )
 
 
-def _split_closed(frame: Frame, partials: pa.Table) -> tuple[pa.Table, pa.Table]:
-    """(windows born and expired in this micro-batch, the rest).
+def _with_keys(frame: Frame, partials: pa.Table, *, born: bool = False) -> pa.Table:
+    """`partials` with their state keys; `born`: as new state rows of this batch."""
+    frame.con.register("_partials", partials)
+    try:
+        columns = f"FALSE AS _emitted, {frame.batch}::BIGINT AS _born, *" if born else "*"
+        grouped = f"SELECT {columns} FROM _partials"
+        return frame.con.sql(_keyed(frame.stream.group_by, grouped)).to_arrow_table()
+    finally:
+        frame.con.unregister("_partials")
+
+
+def _split(frame: Frame, partials: pa.Table) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """(windows born and expired in this micro-batch, windows born and still open,
+    windows already held in the state).
 
     A window no state row holds yet whose end plus the allowed lateness is at or
     before the micro-batch's watermark would be inserted, emitted and expired in
     the same micro-batch: it is emitted straight from the partials and never
-    touches the state (nor `__state`). Only windows still open, or already held,
-    go through the state store."""
-    ends = partials.column("window_end")
-    expired = pc.less_equal(pc.add(ends, frame.lateness), frame.watermark)
+    touches the state (nor `__state`). A window born open is inserted without a
+    merge (on close; early emission merges it, to emit it as changed). Only windows
+    already held are merged into their state rows."""
+    starts = partials.column("window_start")
+    held = pa.array(np.zeros(partials.num_rows, dtype=bool))
     if frame.store.has(OPERATOR):
-        held = frame.con.execute(
+        rows = frame.con.execute(
             f"SELECT DISTINCT window_start FROM {q(PREFIX + OPERATOR)}"
         ).fetchall()
-        if held:
-            starts = pa.array([r[0] for r in held], partials.schema.field("window_start").type)
-            expired = pc.and_(expired, pc.invert(pc.is_in(partials.column("window_start"), starts)))
-    expired = expired.fill_null(False)
-    return partials.filter(expired), partials.filter(pc.invert(expired))
+        if rows:
+            known = pa.array([r[0] for r in rows], starts.type)
+            held = pc.is_in(starts, known).combine_chunks()
+    ends = partials.column("window_end")
+    expired = pc.less_equal(pc.add(ends, frame.lateness), frame.watermark).fill_null(False)
+    new = pc.invert(held)
+    closed = pc.and_(new, expired)
+    fresh = pc.and_(new, pc.invert(expired))
+    stream = frame.stream
+    if stream.emit != "on-close" or any(a.function in SKETCHES for _, a in stream.aggregates):
+        held, fresh = pc.or_(held, fresh), pc.and_(fresh, False)
+    return partials.filter(closed), partials.filter(fresh), partials.filter(held)
 
 
 def _emit_closed(frame: Frame, closed: pa.Table) -> pa.Table:
