@@ -372,9 +372,15 @@ class StreamRun:
         )
         if checkpointing:
             # The changelog is rewritten as the live rows when it has grown well past
-            # them (and on a full refresh); otherwise the changes are appended.
+            # them, when the changes outnumber them (windows that come and go: the
+            # rewrite is the smaller write), and on a full refresh; otherwise the
+            # changes are appended.
             live_rows = self.store.size()[0]
-            compact = restart or checkpoint.log_rows > 2 * live_rows + COMPACT_SLACK
+            compact = (
+                restart
+                or checkpoint.log_rows > 2 * live_rows + COMPACT_SLACK
+                or self.store.pending() > live_rows + COMPACT_SLACK
+            )
             if compact:
                 state = self.store.export_all(frame.batch)
                 checkpoint.log_rows = state.num_rows

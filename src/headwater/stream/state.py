@@ -234,6 +234,16 @@ class StateStore:
         )
         return table if table.num_rows else None
 
+    def pending(self) -> int:
+        """At most how many rows `export` would write (changed and deleted keys)."""
+        return int(
+            scalar(
+                self.con,
+                "SELECT (SELECT count(*) FROM _changed) + (SELECT count(*) FROM _deleted)",
+            )
+            or 0
+        )
+
     def export_all(self, batch: int) -> pa.Table:
         """Every live state row: the whole `__state` after a compaction or a full refresh."""
         return self._export(batch, changed_only=False, deletes=None)
