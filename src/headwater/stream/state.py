@@ -206,13 +206,12 @@ class StateStore:
     def delete_where(self, operator: str, condition: str, params: list[Any] | None = None) -> int:
         """Delete the operator's state rows matching `condition`; returns how many."""
         table = q(PREFIX + operator)
-        before = self.count(operator)
         self.con.execute(
             f"INSERT INTO _deleted SELECT ?, _key, _born FROM {table} WHERE {condition}",
             [operator, *(params or [])],
         )
-        self.con.execute(f"DELETE FROM {table} WHERE {condition}", params or [])
-        return before - self.count(operator)
+        # A DELETE's result is the number of rows it deleted.
+        return int(scalar(self.con, f"DELETE FROM {table} WHERE {condition}", params) or 0)
 
     def count(self, operator: str) -> int:
         if not self.has(operator):

@@ -98,8 +98,8 @@ def aggregate(frame: Frame, events: str, source: str) -> pa.Table | None:
 def _keyed(groups: tuple[str, ...], grouped: str) -> str:
     """Partials with their state keys: `_key` (groups and window start), `_gkey` (groups)."""
     return (
-        f"SELECT {group_key(groups)} || '@' || coalesce(window_start::VARCHAR, '') AS _key, "
-        f"{group_key(groups)} AS _gkey, * FROM ({grouped})"
+        "SELECT _gkey || '@' || coalesce(window_start::VARCHAR, '') AS _key, * FROM "
+        f"(SELECT {group_key(groups)} AS _gkey, * FROM ({grouped}))"
     )
 
 
