@@ -19,6 +19,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -130,7 +131,17 @@ class StreamRun:
 
     # -- micro-batches ---------------------------------------------------------------------
     def micro_batches(self) -> Iterator[MicroBatch]:
-        """Micro-batches after the committed positions; a crashed one first, exactly."""
+        """Micro-batches after the committed positions; a crashed one first, exactly.
+
+        From inputs that read files in place, the next micro-batch is read while the
+        caller processes and commits this one (parsing overlaps the operators and
+        the Delta commits)."""
+        batches = self._micro_batches()
+        if all(_reads_ahead(source) for source in self.spec.inputs.values()):
+            batches = _read_ahead(batches)
+        yield from batches
+
+    def _micro_batches(self) -> Iterator[MicroBatch]:
         if self.plan is not None:
             until = self.plan["positions"]
             yield from micro_batches(
@@ -460,6 +471,29 @@ class StreamRun:
 
 _STATE_DOC = "operator state of a streaming table (a changelog of its keys, as JSON)"
 COMPACT_SLACK = 10_000  # changelog rows tolerated beyond twice the live state
+
+
+def _reads_ahead(source: object) -> bool:
+    """Whether reading `source` ahead of the commits is safe: files read in place
+    (acknowledging them does nothing, reading them changes nothing)."""
+    from ..sources.files import FilesSource
+
+    return type(source) is FilesSource and not source.archive_to
+
+
+def _read_ahead(batches: Iterator[MicroBatch]) -> Iterator[MicroBatch]:
+    """`batches`, each next one read on a thread while the caller has this one."""
+    with ThreadPoolExecutor(1, thread_name_prefix="headwater-read") as pool:
+        pending: Future[MicroBatch | None] = pool.submit(next, batches, None)
+        try:
+            while (micro := pending.result()) is not None:
+                pending = pool.submit(next, batches, None)
+                yield micro
+        finally:
+            # The caller stopped (or failed): let the read in flight end, then close.
+            with contextlib.suppress(BaseException):
+                pending.result()
+            batches.close()  # type: ignore[attr-defined]
 
 
 def _with_retractions(rows: pa.Table, retractions: list[pa.Table]) -> pa.Table:
