@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from headwater import table
+from headwater.errors import ConfigError
 from headwater.stream import (
     avg,
     count,
@@ -345,3 +346,68 @@ def test_the_public_event_time_helper_survives_importing_the_engine() -> None:
 
     assert callable(headwater.stream.event_time)
     assert headwater.stream.event_time("ts").column == "ts"
+
+
+@SETTINGS
+@given(case=arrivals(), each=st.booleans())
+def test_a_step_after_the_window_sees_each_closed_window_whole(
+    tmp_path_factory: pytest.TempPathFactory,
+    case: tuple[list[dict[str, Any]], list[int]],
+    each: bool,
+) -> None:
+    """then= keeps the keys with the most events of each sliding window: it equals the
+    oracle's windows filtered to their maximum, however the events are cut."""
+    events, sizes = case
+    lake = Lake(tmp_path_factory.mktemp("then"))
+    feed = Feed([])
+    lake.declare(
+        lambda: table(
+            "silver.busiest",
+            source=feed,
+            stream=stream(
+                event_time="ts",
+                watermark="10s",
+                partition_column="partition",
+                window=sliding("60s", every="20s"),
+                group_by=["key"],
+                aggregates=AGGREGATES,
+                then=lambda windows: windows.query(
+                    "w", "SELECT * FROM w QUALIFY n = max(n) OVER (PARTITION BY window_start)"
+                ),
+            ),
+        )
+    )
+    feed_in(lake, feed, events, sizes, each)
+    evs, judged = judge(events)
+    pairs, _ = oracle.tumbling_windows(
+        evs, judged.watermarks, list(range(len(evs))), 60 * SECOND, 0, every=20 * SECOND
+    )
+    expected = oracle.aggregate_sql(evs, pairs, 60 * SECOND, ["key"], judged.final)
+    most: dict[int, int] = {}
+    for r in expected:
+        most[r["window_start"]] = max(most.get(r["window_start"], 0), r["n"])
+    busiest = [r for r in expected if r["n"] == most[r["window_start"]]]
+    for r in busiest:
+        r["avg_v"] = round(r["avg_v"], 9)
+    assert streamed(lake, "silver.busiest") == sorted(
+        busiest, key=lambda r: (r["key"], r["window_start"])
+    )
+
+
+def test_a_step_after_the_window_needs_a_stream_that_appends(tmp_path: Path) -> None:
+    lake = Lake(tmp_path)
+    with pytest.raises(ConfigError, match="then= needs a stream that appends"):
+        lake.declare(
+            lambda: table(
+                "silver.upserted",
+                source=Feed([]),
+                stream=stream(
+                    event_time="ts",
+                    window=tumbling("1m"),
+                    group_by=["key"],
+                    aggregates={"n": count()},
+                    allowed_lateness="1m",
+                    then=lambda windows: windows.filter("n > 1"),
+                ),
+            )
+        )

@@ -11,9 +11,9 @@ table; the others are a short pipeline of streaming tables, run in dependency
 order, and the last table of the list holds the query's result:
 
     q0, q1, q2  one stateless table over the bid files (projection / filter)
-    q5   bid -> sliding-window counts per auction -> the counts that are the
-         window's maximum (a stateless table over the counts: a window's rows are
-         all emitted in one commit, so one micro-batch holds all of them)
+    q5   bid -> sliding-window counts per auction, then (`then=`, a step after the
+         window) the counts that are their window's maximum: a window's rows are
+         all emitted in one micro-batch
     q7   bid -> max price per tumbling window; bid -> temporal join with those
          windows on the price, valid in [window_start, window_end): the bids
          whose price is their window's maximum
@@ -100,8 +100,10 @@ def declare(
         )
         return ["nexmark.q2"]
     if query == "q5":
+        # The counts of each window closed on time are emitted in one micro-batch, so
+        # the step after the window keeps each window's maximum in the same table.
         table(
-            "nexmark.q5_counts",
+            "nexmark.q5",
             source=src("bid"),
             stream=stream(
                 event_time="dateTime",
@@ -110,20 +112,14 @@ def declare(
                 window=sliding("10s", every="2s"),
                 group_by=["auction"],
                 aggregates={"num": count()},
+                then=lambda counts: counts.query(
+                    "c",
+                    "SELECT auction, num, window_start, window_end FROM c "
+                    "QUALIFY num >= max(num) OVER (PARTITION BY window_start)",
+                ),
             ),
         )(lambda bid: bid.project("auction, dateTime"))
-        table(
-            "nexmark.q5",
-            inputs=["nexmark.q5_counts"],
-            stream=stream(event_time="window_start"),
-        )(
-            lambda counts: counts.query(
-                "c",
-                "SELECT auction, num, window_start, window_end FROM c "
-                "QUALIFY num >= max(num) OVER (PARTITION BY window_start)",
-            )
-        )
-        return ["nexmark.q5_counts", "nexmark.q5"]
+        return ["nexmark.q5"]
     if query == "q7":
         table(
             "nexmark.q7_max",

@@ -21,13 +21,20 @@ UTC_MICROS = pa.timestamp("us", "UTC")
 
 
 def emit(frame: Frame, operator: str, touched: str, *, windowed: bool) -> pa.Table | None:
-    """The rows to write for this micro-batch's windows (None: nothing to write)."""
+    """The rows to write for this micro-batch's windows (None: nothing to write).
+
+    The caller of a windowed emission expires the windows past their end plus the
+    allowed lateness right after (`expire`)."""
     stream = frame.stream
     table = q(PREFIX + operator)
     if not frame.store.has(operator):
         return None
     changed = f"_key IN (SELECT _key FROM {q(touched)})"
-    if windowed and stream.emit == "on-close":
+    marks = True
+    if windowed and stream.emit == "on-close" and frame.lateness == 0:
+        # Without lateness a window expires when it closes: none is held written.
+        condition, marks = f"window_end <= {frame.watermark}", False
+    elif windowed and stream.emit == "on-close":
         # Closed and not written yet, or written before and changed since (re-emission;
         # a session extended by a late event may end past the watermark again).
         condition = (
@@ -43,8 +50,13 @@ def emit(frame: Frame, operator: str, touched: str, *, windowed: bool) -> pa.Tab
         + final_sql(frame)
         + f" FROM {table} WHERE {condition} ORDER BY window_start NULLS FIRST, _gkey"
     ).to_arrow_table()
-    frame.store.changed(operator, f"SELECT _key FROM {table} WHERE {condition} AND NOT _emitted")
-    frame.con.execute(f"UPDATE {table} SET _emitted = TRUE WHERE {condition} AND NOT _emitted")
+    mark = f"{condition} AND NOT _emitted"
+    if windowed:
+        # Windows this micro-batch expires (`expire`, right after) are deleted: no mark.
+        mark += f" AND window_end + {frame.lateness} > {frame.watermark}"
+    if marks:
+        frame.store.changed(operator, f"SELECT _key FROM {table} WHERE {mark}")
+        frame.con.execute(f"UPDATE {table} SET _emitted = TRUE WHERE {mark}")
     # An empty result still has the table's shape: the micro-batch's state and
     # position must be committed even when no window closed.
     frame.metrics["re_emitted"] += int(pc.sum(rows.column("_again")).as_py() or 0)

@@ -19,6 +19,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +33,7 @@ import pyarrow.compute as pc
 from .._sql import q
 from ..engine.position import META_KEY, CommittedState
 from ..engine.side_outputs import SideOutput, side_table_name
-from ..errors import ConfigError
+from ..errors import ConfigError, HeadwaterError
 from ..sources.base import Increment, ReadContext
 from . import LAG, PARTITION_COLUMN, deduplicate, emit, lateness, windows
 from .checkpoint import Checkpoint
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("headwater.stream")
 LATE = "late"  # <table>__late
+EMITTED = "emitted"  # the rows a then= step reads (by name in SQL it returns)
 
 
 @dataclass
@@ -129,7 +131,17 @@ class StreamRun:
 
     # -- micro-batches ---------------------------------------------------------------------
     def micro_batches(self) -> Iterator[MicroBatch]:
-        """Micro-batches after the committed positions; a crashed one first, exactly."""
+        """Micro-batches after the committed positions; a crashed one first, exactly.
+
+        From inputs that read files in place, the next micro-batch is read while the
+        caller processes and commits this one (parsing overlaps the operators and
+        the Delta commits)."""
+        batches = self._micro_batches()
+        if all(_reads_ahead(source) for source in self.spec.inputs.values()):
+            batches = _read_ahead(batches)
+        yield from batches
+
+    def _micro_batches(self) -> Iterator[MicroBatch]:
         if self.plan is not None:
             until = self.plan["positions"]
             yield from micro_batches(
@@ -306,10 +318,31 @@ class StreamRun:
                 f"SELECT * EXCLUDE ({', '.join(INTERNAL)}) FROM {q(main)} ORDER BY _seq"
             ).to_arrow_table()
             frame.metrics["emitted"] += rows.num_rows
+        if stream.then is not None and rows is not None:
+            rows = self._then(frame, rows)
         deduplicate.expire(frame)
         if stream.interval_join is not None:
             interval.expire(frame, stream.interval_join)
         return rows
+
+    def _then(self, frame: Frame, rows: pa.Table) -> pa.Table:
+        """The stream's step after its operators, over the rows they emitted."""
+        assert self.stream.then is not None
+        con = frame.con
+        con.register(EMITTED, rows)
+        try:
+            result = self.stream.then(con.table(EMITTED))
+            if isinstance(result, str):
+                result = con.sql(result)
+            return result.to_arrow_table()
+        except duckdb.Error as exc:
+            raise HeadwaterError(
+                f"table {self.spec.name}: SQL failed in the stream's then= step: "
+                f"{str(exc).splitlines()[0]}",
+                f"check the column names of the emitted rows: {', '.join(rows.schema.names)}",
+            ) from exc
+        finally:
+            con.unregister(EMITTED)
 
     def _held_shape(self, frame: Frame, operator: str) -> str | None:
         """An empty relation with the columns of an interval join side's held events."""
@@ -351,9 +384,15 @@ class StreamRun:
         )
         if checkpointing:
             # The changelog is rewritten as the live rows when it has grown well past
-            # them (and on a full refresh); otherwise the changes are appended.
+            # them, when the changes outnumber them (windows that come and go: the
+            # rewrite is the smaller write), and on a full refresh; otherwise the
+            # changes are appended.
             live_rows = self.store.size()[0]
-            compact = restart or checkpoint.log_rows > 2 * live_rows + COMPACT_SLACK
+            compact = (
+                restart
+                or checkpoint.log_rows > 2 * live_rows + COMPACT_SLACK
+                or self.store.pending() > live_rows + COMPACT_SLACK
+            )
             if compact:
                 state = self.store.export_all(frame.batch)
                 checkpoint.log_rows = state.num_rows
@@ -433,6 +472,29 @@ class StreamRun:
 
 _STATE_DOC = "operator state of a streaming table (a changelog of its keys, as JSON)"
 COMPACT_SLACK = 10_000  # changelog rows tolerated beyond twice the live state
+
+
+def _reads_ahead(source: object) -> bool:
+    """Whether reading `source` ahead of the commits is safe: files read in place
+    (acknowledging them does nothing, reading them changes nothing)."""
+    from ..sources.files import FilesSource
+
+    return type(source) is FilesSource and not source.archive_to
+
+
+def _read_ahead(batches: Iterator[MicroBatch]) -> Iterator[MicroBatch]:
+    """`batches`, each next one read on a thread while the caller has this one."""
+    with ThreadPoolExecutor(1, thread_name_prefix="headwater-read") as pool:
+        pending: Future[MicroBatch | None] = pool.submit(next, batches, None)
+        try:
+            while (micro := pending.result()) is not None:
+                pending = pool.submit(next, batches, None)
+                yield micro
+        finally:
+            # The caller stopped (or failed): let the read in flight end, then close.
+            with contextlib.suppress(BaseException):
+                pending.result()
+            batches.close()  # type: ignore[attr-defined]
 
 
 def _with_retractions(rows: pa.Table, retractions: list[pa.Table]) -> pa.Table:

@@ -14,7 +14,7 @@ never how. The engine (`headwater.stream.engine`) runs it per micro-batch.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Literal
@@ -23,9 +23,14 @@ from .._units import parse_duration, parse_size
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
+    import duckdb
+
     from ..declare import TableSpec
 
 Duration = str | int | float | timedelta
+# A step after the operators: the rows a micro-batch emits (a DuckDB relation)
+# -> the rows to write (a relation, or SQL over the relations in scope).
+Then = Callable[["duckdb.DuckDBPyRelation"], "duckdb.DuckDBPyRelation | str"]
 Emit = Literal["on-close", "early"]
 Guarantee = Literal["exactly-once", "at-least-once"]
 TimeUnit = Literal["s", "ms", "us", "ns"]
@@ -342,6 +347,7 @@ class Stream:
     max_bytes: int = 64 * 1024 * 1024
     state_memory: str | None = None
     interval_join: IntervalJoin | None = field(default=None, compare=False)
+    then: Then | None = field(default=None, compare=False)
 
     @property
     def aggregating(self) -> bool:
@@ -397,6 +403,13 @@ class Stream:
                     f"inputs, the second named {self.interval_join.other!r} (inputs: {aliases})",
                     "inputs={'impressions': 'bronze.impressions', 'clicks': 'bronze.clicks'}",
                 )
+        if self.then is not None and self.upserts:
+            raise ConfigError(
+                f"{where}: then= needs a stream that appends its rows: an upserted row "
+                "(early emission, allowed lateness, at-least-once) replaces one the step "
+                "may have dropped or changed",
+                "emit on close without allowed_lateness, or post-process in a table of its own",
+            )
         keys = self.keys
         if self.upserts and not keys:
             raise ConfigError(
@@ -430,6 +443,7 @@ def stream(
     max_records: int = 100_000,
     max_bytes: str | int = "64MB",
     state_memory: str | None = None,
+    then: Then | None = None,
 ) -> Stream:
     """Declare what a streaming table computes; pass it as `table(..., stream=...)`.
 
@@ -452,6 +466,15 @@ def stream(
     max_records / max_bytes: the bound of one micro-batch.
     state_memory: memory the state store may use before spilling to disk (default:
         the project's [defaults] memory_limit).
+    then: a step after the operators: a function of the rows one micro-batch emits
+        (a DuckDB relation) returning the rows to write (a relation, or SQL over
+        `emitted`), e.g.
+        the rows at each window's maximum:
+        `then=lambda c: c.query("c", "SELECT * FROM c QUALIFY n = max(n) OVER "
+        "(PARTITION BY window_start)")`. Every row of a window closed on time is
+        emitted in one micro-batch, so a step per window sees the whole window;
+        only for streams that append (no early emission, allowed lateness or
+        at-least-once upserts).
     """
     if isinstance(event_time, str):
         event_time = EventTime(event_time)
@@ -498,6 +521,8 @@ def stream(
         )
     if state_memory is not None:
         parse_size(state_memory, "stream: state_memory")
+    if then is not None and not callable(then):
+        raise ConfigError("stream: then must be a function of the emitted rows (a relation)")
     return Stream(
         event_time=event_time,
         watermark=_duration(watermark, "stream: watermark"),
@@ -517,4 +542,5 @@ def stream(
         max_bytes=parse_size(max_bytes, "stream: max_bytes"),
         state_memory=state_memory,
         interval_join=interval_joins[0] if interval_joins else None,
+        then=then,
     )

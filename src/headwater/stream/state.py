@@ -77,6 +77,7 @@ class StateStore:
             "CREATE TABLE IF NOT EXISTS _deleted (_operator VARCHAR, _key VARCHAR, _born BIGINT)"
         )
         self._in_transaction = False
+        self._tables: list[str] | None = None  # operator tables, while known
 
     def _connect(self, path: Path, memory_limit: str, threads: int) -> duckdb.DuckDBPyConnection:
         self._file = path
@@ -123,6 +124,7 @@ class StateStore:
         if self._in_transaction:
             self.con.execute("ROLLBACK")
             self._in_transaction = False
+            self._tables = None  # a table created in the transaction is gone
 
     def _set_tag(self, tag: Tag) -> None:
         self.con.execute(
@@ -132,15 +134,24 @@ class StateStore:
 
     # -- tables ----------------------------------------------------------------------
     def tables(self) -> list[str]:
-        """Operator names that have a state table."""
-        rows = self.con.execute(
-            "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main' "
-            "AND table_name LIKE 's\\_%' ESCAPE '\\' ORDER BY 1"
-        ).fetchall()
-        return [str(r[0])[len(PREFIX) :] for r in rows]
+        """Operator names that have a state table.
+
+        Known until a rollback, a reset or `has` says no: operators create their
+        table only after `has` said it does not exist (reading the catalogue costs
+        milliseconds, and a micro-batch asks a dozen times)."""
+        if self._tables is None:
+            rows = self.con.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main' "
+                "AND table_name LIKE 's\\_%' ESCAPE '\\' ORDER BY 1"
+            ).fetchall()
+            self._tables = [str(r[0])[len(PREFIX) :] for r in rows]
+        return list(self._tables)
 
     def has(self, operator: str) -> bool:
-        return operator in self.tables()
+        if operator in self.tables():
+            return True
+        self._tables = None  # the caller may create it now
+        return False
 
     def schemas(self) -> dict[str, list[list[str]]]:
         """Column names and DuckDB types of every operator table (for rebuilding)."""
@@ -154,6 +165,7 @@ class StateStore:
         """Forget everything (a full refresh, or before a rebuild)."""
         for operator in self.tables():
             self.con.execute(f"DROP TABLE {q(PREFIX + operator)}")
+        self._tables = None
         self.con.execute("DELETE FROM _changed")
         self.con.execute("DELETE FROM _deleted")
         self.con.execute("DELETE FROM _meta")
@@ -183,6 +195,7 @@ class StateStore:
                 )
             finally:
                 self.con.unregister("_durable")
+        self._tables = None
         self._set_tag(tag)
 
     # -- changes -------------------------------------------------------------------------
@@ -193,13 +206,12 @@ class StateStore:
     def delete_where(self, operator: str, condition: str, params: list[Any] | None = None) -> int:
         """Delete the operator's state rows matching `condition`; returns how many."""
         table = q(PREFIX + operator)
-        before = self.count(operator)
         self.con.execute(
             f"INSERT INTO _deleted SELECT ?, _key, _born FROM {table} WHERE {condition}",
             [operator, *(params or [])],
         )
-        self.con.execute(f"DELETE FROM {table} WHERE {condition}", params or [])
-        return before - self.count(operator)
+        # A DELETE's result is the number of rows it deleted.
+        return int(scalar(self.con, f"DELETE FROM {table} WHERE {condition}", params) or 0)
 
     def count(self, operator: str) -> int:
         if not self.has(operator):
@@ -220,6 +232,16 @@ class StateStore:
             ),
         )
         return table if table.num_rows else None
+
+    def pending(self) -> int:
+        """At most how many rows `export` would write (changed and deleted keys)."""
+        return int(
+            scalar(
+                self.con,
+                "SELECT (SELECT count(*) FROM _changed) + (SELECT count(*) FROM _deleted)",
+            )
+            or 0
+        )
 
     def export_all(self, batch: int) -> pa.Table:
         """Every live state row: the whole `__state` after a compaction or a full refresh."""

@@ -123,3 +123,14 @@ def replace_rows(frame: Frame, operator: str, rows: pa.Table) -> str:
         return frame.materialise("touched", "SELECT _key FROM _rows")
     finally:
         con.unregister("_rows")
+
+
+def insert_rows(frame: Frame, operator: str, rows: pa.Table) -> None:
+    """Add state rows of keys the state does not hold (its table exists)."""
+    con = frame.con
+    con.register("_rows", rows)
+    try:
+        con.execute(f"INSERT INTO {q(PREFIX + operator)} BY NAME SELECT * FROM _rows")
+        frame.store.changed(operator, "SELECT _key FROM _rows")
+    finally:
+        con.unregister("_rows")

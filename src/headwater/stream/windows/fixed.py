@@ -19,20 +19,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..._sql import q
-from .. import emit
+from .. import aggregates, emit
 from ..aggregates import SKETCHES
 from ..frame import Frame, micros
 from ..spec import Sliding, Tumbling
+from ..state import PREFIX
 from . import sliding, tumbling
 from .base import Assignment
 from .common import (
     check_columns,
     column_types,
+    final_sql,
     group_key,
     input_columns,
+    insert_rows,
     merge_sql,
     partial_sql,
     upsert,
@@ -64,20 +69,98 @@ def aggregate(frame: Frame, events: str, source: str) -> pa.Table | None:
         grouped = _pane_partials(frame, events, source, plan, types)
     else:
         grouped = _window_partials(frame, events, source, plan, types, carried)
-    partial = frame.con.sql(
-        f"SELECT {group_key(groups)} || '@' || coalesce(window_start::VARCHAR, '') AS _key, "
-        f"{group_key(groups)} AS _gkey, * FROM ({grouped})"
-    ).to_arrow_table()
-    touched = upsert(
-        frame, OPERATOR, partial, ["_gkey", *groups, "window_start", "window_end"], types
+    if window is None:
+        partial = frame.con.sql(_keyed(groups, grouped)).to_arrow_table()
+        keep = ["_gkey", *groups, "window_start", "window_end"]
+        touched = upsert(frame, OPERATOR, partial, keep, types)
+        rows = emit.emit(frame, OPERATOR, touched, windowed=False)
+        if stream.state_ttl is not None:
+            ttl = micros(stream.state_ttl)
+            emit.expire(frame, OPERATOR, f"_last_ts + {ttl} <= {frame.watermark}")
+        return rows
+    partials = frame.con.sql(grouped).to_arrow_table()
+    closed, fresh, held = _split(frame, partials)
+    keep = ["_gkey", *groups, "window_start", "window_end"]
+    touched = upsert(frame, OPERATOR, _with_keys(frame, held), keep, types)
+    if fresh.num_rows:
+        insert_rows(frame, OPERATOR, _with_keys(frame, fresh, born=True))
+    rows = emit.emit(frame, OPERATOR, touched, windowed=True)
+    emit.expire(frame, OPERATOR, f"window_end + {frame.lateness} <= {frame.watermark}")
+    if closed.num_rows == 0:
+        return rows
+    direct = _emit_closed(frame, closed)
+    if rows is None:
+        return direct
+    order = [("window_start", "ascending"), *((g, "ascending") for g in groups)]
+    return pa.concat_tables([rows, direct], promote_options="permissive").sort_by(order)
+
+
+def _keyed(groups: tuple[str, ...], grouped: str) -> str:
+    """Partials with their state keys: `_key` (groups and window start), `_gkey` (groups)."""
+    return (
+        "SELECT _gkey || '@' || coalesce(window_start::VARCHAR, '') AS _key, * FROM "
+        f"(SELECT {group_key(groups)} AS _gkey, * FROM ({grouped}))"
     )
-    rows = emit.emit(frame, OPERATOR, touched, windowed=window is not None)
-    if window is not None:
-        emit.expire(frame, OPERATOR, f"window_end + {frame.lateness} <= {frame.watermark}")
-    elif stream.state_ttl is not None:
-        ttl = micros(stream.state_ttl)
-        emit.expire(frame, OPERATOR, f"_last_ts + {ttl} <= {frame.watermark}")
-    return rows
+
+
+def _with_keys(frame: Frame, partials: pa.Table, *, born: bool = False) -> pa.Table:
+    """`partials` with their state keys; `born`: as new state rows of this batch."""
+    frame.con.register("_partials", partials)
+    try:
+        columns = f"FALSE AS _emitted, {frame.batch}::BIGINT AS _born, *" if born else "*"
+        grouped = f"SELECT {columns} FROM _partials"
+        return frame.con.sql(_keyed(frame.stream.group_by, grouped)).to_arrow_table()
+    finally:
+        frame.con.unregister("_partials")
+
+
+def _split(frame: Frame, partials: pa.Table) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """(windows born and expired in this micro-batch, windows born and still open,
+    windows already held in the state).
+
+    A window no state row holds yet whose end plus the allowed lateness is at or
+    before the micro-batch's watermark would be inserted, emitted and expired in
+    the same micro-batch: it is emitted straight from the partials and never
+    touches the state (nor `__state`). A window born open is inserted without a
+    merge (on close; early emission merges it, to emit it as changed). Only windows
+    already held are merged into their state rows."""
+    starts = partials.column("window_start")
+    held = pa.array(np.zeros(partials.num_rows, dtype=bool))
+    if frame.store.has(OPERATOR):
+        rows = frame.con.execute(
+            f"SELECT DISTINCT window_start FROM {q(PREFIX + OPERATOR)}"
+        ).fetchall()
+        if rows:
+            known = pa.array([r[0] for r in rows], starts.type)
+            held = pc.is_in(starts, known).combine_chunks()
+    ends = partials.column("window_end")
+    expired = pc.less_equal(pc.add(ends, frame.lateness), frame.watermark).fill_null(False)
+    new = pc.invert(held)
+    closed = pc.and_(new, expired)
+    fresh = pc.and_(new, pc.invert(expired))
+    stream = frame.stream
+    if stream.emit != "on-close" or any(a.function in SKETCHES for _, a in stream.aggregates):
+        held, fresh = pc.or_(held, fresh), pc.and_(fresh, False)
+    return partials.filter(closed), partials.filter(fresh), partials.filter(held)
+
+
+def _emit_closed(frame: Frame, closed: pa.Table) -> pa.Table:
+    """The output rows of windows that close in the micro-batch they were born in."""
+    stream = frame.stream
+    frame.con.register("_closed", aggregates.build_sketches(closed, stream.aggregates))
+    try:
+        rows = frame.con.sql(
+            "SELECT "
+            + "".join(f"{q(g)}, " for g in stream.group_by)
+            + "window_start, window_end, "
+            + final_sql(frame)
+            + " FROM _closed"
+        ).to_arrow_table()
+    finally:
+        frame.con.unregister("_closed")
+    frame.metrics["emitted"] += rows.num_rows
+    rows = emit.as_timestamps(rows, ("window_start", "window_end"))
+    return aggregates.finish_sketches(rows, stream.aggregates)
 
 
 def _window_partials(
