@@ -142,12 +142,14 @@ class StreamRun:
         yield from batches
 
     def _micro_batches(self) -> Iterator[MicroBatch]:
+        positions = self.positions
         if self.plan is not None:
             until = self.plan["positions"]
-            yield from micro_batches(
-                self.spec.inputs, self.stream, self.positions, self.read_ctx, until
-            )
-        yield from micro_batches(self.spec.inputs, self.stream, self.positions, self.read_ctx)
+            yield from micro_batches(self.spec.inputs, self.stream, positions, self.read_ctx, until)
+            # Go on from where the replay ends, not from `self.positions`: read ahead,
+            # the next micro-batch is read before the replayed one is committed.
+            positions = {**positions, **until}
+        yield from micro_batches(self.spec.inputs, self.stream, positions, self.read_ctx)
 
     def process(self, data: dict[str, pa.Table], micro: MicroBatch, batch: int) -> Produced:
         """Turn one micro-batch (after the table's function) into its output."""
