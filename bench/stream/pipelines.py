@@ -1,8 +1,8 @@
 """The Nexmark queries as Headwater streaming tables (exactly-once, one commit per micro-batch).
 
-A micro-batch reads `files_per_batch` CSV files of a stream (default 5: 500,000
-events, 50 s of event time, about a second or two of processing, where Flink
-checkpoints every second); each is one Delta commit with the state checkpoint.
+A micro-batch reads `files_per_batch` CSV files of a stream (default 10: 1,000,000
+events, 100 s of event time, 0.3-0.8 s of processing, where Flink checkpoints
+every second); each is one Delta commit with the state checkpoint.
 
 Every table here is a streaming table (`stream=...`): each micro-batch commits
 its rows, the source positions, the watermark and the operator state's version
@@ -31,7 +31,7 @@ from typing import Any
 from queries import COLUMNS
 
 WATERMARK = "4s"
-FILES_PER_BATCH = 5
+FILES_PER_BATCH = 10
 _ARROW = {"BIGINT": "int64", "VARCHAR": "string", "TIMESTAMP": "timestamp[ms]"}
 
 

@@ -11,7 +11,7 @@ child process:
 - duckdb: the query as one batch query over all events (the floor);
 - headwater: the query's streaming tables (pipelines.py), exactly-once, one Delta
   commit (with the state checkpoint) per micro-batch of --files-per-batch files
-  (default 5: 500,000 events);
+  (default 10: 1,000,000 events, committed about as often as Flink checkpoints);
 - flink: PyFlink's local mini cluster, Flink SQL (queries.py), streaming mode,
   exactly-once checkpoints every second to local files, parallelism 2, CSV sink.
   PyFlink is installed by this script into bench/results/flink-venv.
