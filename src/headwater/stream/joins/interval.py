@@ -20,6 +20,7 @@ from ...errors import ConfigError
 from ..frame import INTERNAL, Frame, micros
 from ..spec import IntervalJoin
 from ..state import PREFIX, scalar
+from ..windows.base import floor_to
 
 LEFT, RIGHT = "join_left", "join_right"
 
@@ -99,8 +100,7 @@ def expire(frame: Frame, spec: IntervalJoin) -> None:
 
 def _window_start(ts: str, spec: IntervalJoin) -> str:
     assert spec.same_window is not None
-    size = micros(spec.same_window)
-    return f"({ts} - (({ts} % {size}) + {size}) % {size})"
+    return floor_to(ts, micros(spec.same_window))
 
 
 def _columns(frame: Frame, relation: str) -> list[str]:

@@ -30,7 +30,7 @@ from ..frame import Frame, micros
 from ..spec import Sliding, Tumbling
 from ..state import PREFIX
 from . import sliding, tumbling
-from .base import Assignment
+from .base import Assignment, floor_to
 from .common import (
     check_columns,
     column_types,
@@ -228,7 +228,7 @@ def _pane_partials(
     the first n windows."""
     groups = frame.stream.group_by
     every, size, copies = plan.every, plan.size, plan.copies
-    pane = f"(_ts - (((_ts % {every}) + {every}) % {every}))"
+    pane = floor_to("_ts", every)
     taken = (
         f"least({copies}, greatest(0, "
         f"({pane} + {size + frame.lateness} - _wm + {every - 1}) // {every}))"

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from ..frame import micros
 from ..spec import Sliding
-from .base import Assignment
+from .base import Assignment, floor_to
 
 
 def assign(window: Sliding) -> Assignment:
     size, every = micros(window.size), micros(window.every)
     copies = -(-size // every)
-    start = f"((_ts - (((_ts % {every}) + {every}) % {every})) - _k * {every})"
+    start = f"({floor_to('_ts', every)} - _k * {every})"
     return Assignment(start=start, size=size, copies=copies, every=every)

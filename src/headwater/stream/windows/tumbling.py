@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from ..frame import micros
 from ..spec import Tumbling
-from .base import Assignment
+from .base import Assignment, floor_to
 
 
 def assign(window: Tumbling) -> Assignment:
     size, offset = micros(window.size), micros(window.offset)
-    # Floor modulo, so event times before the epoch fall in the right window too.
-    start = f"(_ts - ((((_ts - {offset}) % {size}) + {size}) % {size}))"
-    return Assignment(start=start, size=size, copies=1)
+    return Assignment(start=floor_to("_ts", size, offset), size=size, copies=1)
