@@ -95,28 +95,11 @@ def pieces(
     at: dict[str, int] | None,
 ) -> Iterator[Piece]:
     """The file's pieces from `at` (None: the start). `source` names the file in rejections."""
-    if options.select is not None and fmt != "csv":  # CSV converts the selected ones only
-        for piece in _pieces(fs, path, source, fmt, options, at):
-            yield replace(piece, table=_select(piece.table, options.select))
-    else:
-        yield from _pieces(fs, path, source, fmt, options, at)
-
-
-def _select(table: pa.Table | None, names: tuple[str, ...]) -> pa.Table | None:
-    """The selected columns a file has (one it lacks is left out, as without select)."""
-    if table is None:
-        return None
-    return table.select([n for n in names if n in table.schema.names])
-
-
-def _pieces(
-    fs: pafs.FileSystem,
-    path: str,
-    source: str,
-    fmt: Format,
-    options: ReadOptions,
-    at: dict[str, int] | None,
-) -> Iterator[Piece]:
+    if options.select is not None and fmt != "csv":
+        # CSV converts only the selected columns; the other formats are projected after.
+        whole = pieces(fs, path, source, fmt, replace(options, select=None), at)
+        yield from (replace(p, table=_select(p.table, options.select)) for p in whole)
+        return
     try:
         if fmt == "parquet":
             yield from _parquet(fs, path, (at or {}).get("row", 0), options)
@@ -141,6 +124,13 @@ def _pieces(
         raise
     except (OSError, pa.ArrowException, ValueError, EOFError) as exc:
         raise Unreadable(_reason(exc)) from exc
+
+
+def _select(table: pa.Table | None, names: tuple[str, ...]) -> pa.Table | None:
+    """The selected columns a file has (one it lacks is left out, as without select)."""
+    if table is None:
+        return None
+    return table.select([n for n in names if n in table.schema.names])
 
 
 def _reason(exc: BaseException) -> str:
