@@ -17,7 +17,6 @@ import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Schema, Transaction
 from deltalake.exceptions import CommitFailedError, DeltaError
 from deltalake.transaction import create_table_with_add_actions
-from pyarrow.fs import FileType
 
 from ..tables.delta import DeltaTarget
 from ..tables.strategies import StagedWrite
@@ -147,9 +146,9 @@ def _check_removes_still_live(target: DeltaTarget, read_version: int, staged: St
     (dataChange=false); committing anyway would keep the old rows alive in the
     compacted file next to their replacements.
     """
-    from ..tables.log import read_commit
+    from ..tables.log import commit_exists, read_commit
 
-    if not _commit_exists(target, read_version + 1):
+    if not commit_exists(target, read_version + 1):
         return  # nothing committed since the snapshot (a look at one file, not the whole log)
     latest = DeltaTable(target.uri, storage_options=target.storage_options or None).version()
     if latest == read_version:
@@ -159,9 +158,3 @@ def _check_removes_still_live(target: DeltaTarget, read_version: int, staged: St
         removed = {r["path"] for r in read_commit(target, version).removes}
         if removed & ours:
             raise ConflictRetry(f"commit {version} removed files this write was replacing")
-
-
-def _commit_exists(target: DeltaTarget, version: int) -> bool:
-    fs, root = target.filesystem()
-    name = f"_delta_log/{version:020d}.json"
-    return bool(fs.get_file_info(f"{root}/{name}" if root else name).type != FileType.NotFound)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
+import pyarrow.fs as pafs
+
 from ..errors import HeadwaterError
 from .delta import DeltaTarget
 
@@ -40,9 +42,20 @@ class ChangesUnavailable(HeadwaterError):
     """The log no longer holds the commits a reader needs."""
 
 
-def read_commit(target: DeltaTarget, version: int) -> CommitActions:
+def _commit_file(target: DeltaTarget, version: int) -> tuple[pafs.FileSystem, str]:
     fs, root = target.filesystem()
-    path = f"{root}/_delta_log/{version:020d}.json" if root else f"_delta_log/{version:020d}.json"
+    name = f"_delta_log/{version:020d}.json"
+    return fs, f"{root}/{name}" if root else name
+
+
+def commit_exists(target: DeltaTarget, version: int) -> bool:
+    """Whether the log holds commit `version` (a look at one file, not the whole log)."""
+    fs, path = _commit_file(target, version)
+    return bool(fs.get_file_info(path).type != pafs.FileType.NotFound)
+
+
+def read_commit(target: DeltaTarget, version: int) -> CommitActions:
+    fs, path = _commit_file(target, version)
     try:
         with fs.open_input_stream(path) as handle:
             text = handle.read().decode()
